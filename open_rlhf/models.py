@@ -229,6 +229,66 @@ def load_scalar_head_model(model_name_or_path: str, pad_token_id: int, model_arg
     return model
 
 
+
+
+def use_fused_rmsnorm(model) -> int:
+    """Swap the model's RMSNorm modules for the fused Triton kernel (``--use_fused_rmsnorm``).
+
+    Returns:
+        `int`: how many modules were replaced.
+    """
+    from open_rlhf.kernels import patch_rms_norm
+
+    count = patch_rms_norm(model)
+    logger.info("Replaced %d RMSNorm modules with the fused kernel.", count)
+    return count
+
+
+def load_policy_and_reference(model_args, sft_model_path: str | None = None):
+    """Load the PPO policy, its frozen reference model and the tokenizer (padding on the left for generation).
+
+    With ``--use_peft`` the policy gets LoRA adapters and the reference is None: the trainer computes reference
+    log-probs with the adapters disabled (no second copy of the weights).
+
+    Args:
+        model_args: TRL `ModelConfig` (``model_name_or_path`` None = the embedded default model).
+        sft_model_path (`str`, *optional*): reference model; default the policy's starting point.
+
+    Returns:
+        `(policy, ref_model | None, tokenizer, policy_path)`.
+    """
+    from peft import get_peft_model
+    from trl import get_peft_config
+
+    path = resolve_model_path(model_args.model_name_or_path)
+    tokenizer = load_tokenizer(path, padding_side="left")
+    policy = load_causal_lm(path, model_args)
+    peft_config = get_peft_config(model_args)
+    if peft_config is not None:
+        return get_peft_model(policy, peft_config), None, tokenizer, path
+    ref_model = load_causal_lm(resolve_model_path(sft_model_path) if sft_model_path else path, model_args)
+    return policy, ref_model, tokenizer, path
+
+
+def load_reward_functions(reward_model_path: str | None) -> list:
+    """The PPO reward: a trained reward model (`RewardModelScorer`) or, with no path, the verifiable
+    `accuracy_reward` of the built-in task / GSM8K (needs an ``answer`` column)."""
+    from open_rlhf.rewards import RewardModelScorer, accuracy_reward
+
+    if reward_model_path is None:
+        return [accuracy_reward]
+    tokenizer = load_tokenizer(reward_model_path, padding_side="right")
+    reward_model = load_scalar_head_model(reward_model_path, tokenizer.pad_token_id)
+    return [RewardModelScorer(reward_model, tokenizer)]
+
+
+def load_value_model(value_model_path: str | None, reward_model_path: str | None, policy_path: str,
+                     pad_token_id: int):
+    """The value model: a one-output sequence classifier initialised from ``value_model_path``, else the reward
+    model (whose head already predicts the score), else the policy checkpoint with a new head."""
+    return load_scalar_head_model(value_model_path or reward_model_path or policy_path, pad_token_id)
+
+
 def main() -> None:
     path = ensure_default_model()
     print(path)

@@ -1,0 +1,771 @@
+"""PPO for RLHF: policy, frozen reference, reward (a reward model or any reward function), value model.
+
+Ours because TRL removed `PPOTrainer` in 1.13 (this file targets TRL 1.16; it uses only TRL's numerics helpers
+`selective_log_softmax_and_entropy` and `disable_dropout_in_model`).
+
+What one update (``global_step``) actually does:
+
+1. **Rollout.** Take ``rollout_batch_size`` prompts, render them with the chat template, sample responses from
+   the policy (``temperature``, at most ``response_length`` tokens). Each response is truncated after its first
+   EOS; later tokens are padding and are masked out of every loss.
+2. **Score.** Decode each response and call the reward function -> one scalar score per response (a reward
+   model's output, or a verifiable 0/1). A response with no EOS loses ``missing_eos_penalty``.
+3. **Per-token reward** (Ziegler et al. 2019, Eq. 2; Stiennon et al. 2020, Eq. 1):
+   ``r_t = -beta * (log pi(y_t) - log pi_ref(y_t))`` on every response token, plus the score on the last one.
+4. **GAE** (Schulman et al. 2016, Eq. 16) with the value model's per-token values -> advantages, returns;
+   advantages are whitened over the valid tokens of the batch.
+5. **Optimise** for ``num_ppo_epochs`` epochs over ``num_mini_batches`` shuffled minibatches: the clipped
+   surrogate policy loss (Schulman et al. 2017, Eq. 7) plus ``vf_coef`` times the clipped value loss, one
+   optimizer over the policy's trainable parameters and the value model.
+6. **KL coefficient**: fixed, or adapted towards ``target_kl`` (Ziegler et al. 2019, Sec. 2.2).
+
+Implementation choices follow Huang et al. 2024, "The N+ Implementation Details of RLHF with PPO"
+(https://huggingface.co/papers/2403.17031): log-probs of the rollout are recomputed with a forward pass (not
+taken from ``generate``), logits are divided by the sampling temperature, the value of the state before each
+response token is read at the previous position, the reward model is frozen.
+
+With a PEFT (LoRA) policy and no explicit reference model, the reference is the policy with its adapters
+disabled, so no second copy of the weights is held.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from tqdm.auto import tqdm
+from transformers import TrainingArguments, get_scheduler
+from trl.trainer.utils import disable_dropout_in_model, selective_log_softmax_and_entropy
+
+logger = logging.getLogger(__name__)
+
+INVALID_LOGPROB = 1.0  # fill value for masked positions; never read by a loss (all losses are masked)
+TRAINER_STATE_NAME = "trainer_state.json"
+CHECKPOINT_PREFIX = "checkpoint-"
+
+
+@dataclass
+class PPOConfig(TrainingArguments):
+    """`transformers.TrainingArguments` plus the PPO hyper-parameters.
+
+    Batch sizes (per process): one rollout holds ``rollout_batch_size = per_device_train_batch_size *
+    gradient_accumulation_steps * num_mini_batches`` prompts; each optimizer step sees one minibatch of
+    ``per_device_train_batch_size * gradient_accumulation_steps`` of them. ``max_steps`` counts rollouts
+    (updates); if it is not set, ``total_episodes`` (default: ``num_train_epochs`` passes over the prompts)
+    decides.
+    """
+
+    # Overrides of TrainingArguments defaults (CPU-friendly, log every update)
+    learning_rate: float = field(default=1e-6, metadata={"help": "AdamW learning rate."})
+    logging_steps: float = field(default=1, metadata={"help": "Log every N updates."})
+    save_steps: float = field(default=50, metadata={"help": "Checkpoint every N updates."})
+    report_to: str | list[str] = field(default="none", metadata={"help": "Integrations to report to."})
+    # Data / rollout
+    reward_model_path: str | None = field(
+        default=None,
+        metadata={"help": "Reward model (train_reward.py output). None: the built-in verifiable accuracy reward."},
+    )
+    value_model_path: str | None = field(
+        default=None, metadata={"help": "Initial value model. Default: the reward model, else the policy."}
+    )
+    sft_model_path: str | None = field(
+        default=None, metadata={"help": "Reference model. Default: the initial policy (adapter-disabled with PEFT)."}
+    )
+    response_length: int = field(default=64, metadata={"help": "Maximum generated tokens per response."})
+    max_prompt_length: int = field(default=256, metadata={"help": "Prompts are left-truncated to this length."})
+    temperature: float = field(default=0.7, metadata={"help": "Sampling temperature of rollouts."})
+    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling of rollouts (1.0 = off)."})
+    missing_eos_penalty: float | None = field(
+        default=None, metadata={"help": "Subtracted from the score of a response that hits the length limit."}
+    )
+    total_episodes: int | None = field(default=None, metadata={"help": "Total rollouts (prompts) to train on."})
+    num_mini_batches: int = field(default=1, metadata={"help": "Minibatches per rollout batch."})
+    num_ppo_epochs: int = field(default=4, metadata={"help": "Optimisation epochs over each rollout batch."})
+    local_rollout_forward_batch_size: int = field(
+        default=16, metadata={"help": "Micro-batch of the no-grad rollout forwards (logprobs, values)."}
+    )
+    # Losses
+    kl_coef: float = field(default=0.05, metadata={"help": "beta: weight of the per-token KL penalty."})
+    kl_estimator: str = field(
+        default="k1", metadata={"help": "Per-token KL estimator in the reward: 'k1' (log-ratio) or 'k3' (Schulman)."}
+    )
+    adaptive_kl: bool = field(default=False, metadata={"help": "Adapt beta towards target_kl (Ziegler et al.)."})
+    target_kl: float = field(default=6.0, metadata={"help": "Target sequence KL (nats) of the adaptive controller."})
+    kl_horizon: int = field(default=10000, metadata={"help": "Horizon (episodes) of the adaptive controller."})
+    cliprange: float = field(default=0.2, metadata={"help": "epsilon of the clipped policy ratio."})
+    cliprange_value: float = field(default=0.2, metadata={"help": "Clip range of the value predictions."})
+    vf_coef: float = field(default=0.1, metadata={"help": "Weight of the value loss."})
+    gamma: float = field(default=1.0, metadata={"help": "Discount factor."})
+    lam: float = field(default=0.95, metadata={"help": "GAE lambda."})
+    whiten_rewards: bool = field(default=False, metadata={"help": "Whiten per-token rewards before GAE."})
+    num_sample_generations: int = field(
+        default=2, metadata={"help": "Sample generations printed in the log per update (0 = none)."}
+    )
+
+    def __post_init__(self):
+        # Our defaults differ from TrainingArguments': no mixed precision unless asked (CPU-first).
+        super().__post_init__()
+        if self.kl_estimator not in ("k1", "k3"):
+            raise ValueError(f"kl_estimator must be 'k1' or 'k3', got {self.kl_estimator!r}.")
+        for name in ("num_mini_batches", "num_ppo_epochs", "response_length", "local_rollout_forward_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0 (sampling is required for PPO), got {self.temperature}.")
+
+    @property
+    def rollout_batch_size(self) -> int:
+        return self.per_device_train_batch_size * self.gradient_accumulation_steps * self.num_mini_batches
+
+    @property
+    def mini_batch_size(self) -> int:
+        return self.per_device_train_batch_size * self.gradient_accumulation_steps
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Pure functions (unit-tested against hand-computed values)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+    """Mean of ``values`` over positions where ``mask`` is 1 (over ``dim``, or all positions)."""
+    mask = mask.to(values.dtype)
+    if dim is None:
+        return (values * mask).sum() / mask.sum().clamp(min=1)
+    return (values * mask).sum(dim) / mask.sum(dim).clamp(min=1)
+
+
+def masked_whiten(values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
+    """Normalise ``values`` to zero mean, unit variance over the masked positions; masked-out positions -> 0.
+
+    Uses the unbiased variance (Bessel's correction), as in Stiennon et al. 2020's reference code.
+    """
+    mean = masked_mean(values, mask)
+    centered = values - mean
+    n = mask.sum()
+    variance = masked_mean(centered**2, mask) * (n / (n - 1).clamp(min=1))
+    whitened = centered * torch.rsqrt(variance + 1e-8)
+    if not shift_mean:
+        whitened = whitened + mean
+    return whitened * mask
+
+
+def response_mask_after_eos(responses: torch.Tensor, eos_token_id: int | list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mask of the valid tokens of each response: everything up to and including its first EOS.
+
+    Args:
+        responses (`torch.LongTensor` of shape `(B, R)`): generated token ids.
+        eos_token_id (`int` or `list[int]`): end-of-turn token id(s).
+
+    Returns:
+        `(mask, has_eos)`: `mask` `(B, R)` bool, True on valid tokens; `has_eos` `(B,)` bool.
+    """
+    eos_ids = torch.tensor([eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id),
+                           device=responses.device)
+    is_eos = torch.isin(responses, eos_ids)
+    has_eos = is_eos.any(dim=1)
+    positions = torch.arange(responses.shape[1], device=responses.device).expand_as(responses)
+    # index of the first EOS, or R-1 (keep everything) when there is none
+    first_eos = torch.where(is_eos, positions, responses.shape[1]).min(dim=1).values.clamp(max=responses.shape[1] - 1)
+    mask = positions <= first_eos.unsqueeze(1)
+    return mask, has_eos
+
+
+def per_token_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: str = "k1") -> torch.Tensor:
+    """Per-token estimate of KL(pi || pi_ref) on tokens sampled from pi, shape `(B, R)`, in nats.
+
+    ``k1`` = log pi - log pi_ref (unbiased, can be negative); ``k3`` = (r - 1) - log r with r = pi_ref / pi
+    (unbiased, always >= 0, lower variance).
+
+    Source: J. Schulman, "Approximating KL Divergence", 2020, http://joschu.net/blog/kl-approx.html.
+    """
+    log_ratio = logprobs - ref_logprobs
+    if estimator == "k1":
+        return log_ratio
+    if estimator == "k3":
+        return torch.expm1(-log_ratio) + log_ratio
+    raise ValueError(f"Unknown KL estimator {estimator!r}; use 'k1' or 'k3'.")
+
+
+def compute_rewards(
+    scores: torch.Tensor,
+    logprobs: torch.Tensor,
+    ref_logprobs: torch.Tensor,
+    mask: torch.Tensor,
+    kl_coef: float,
+    kl_estimator: str = "k1",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token RLHF rewards: a KL penalty on every response token and the score on the last valid one.
+
+    Args:
+        scores (`torch.Tensor` of shape `(B,)`): sequence-level scores (reward model output or verifiable reward).
+        logprobs, ref_logprobs (`torch.Tensor` of shape `(B, R)`): log-probs (nats) of the sampled tokens under
+            the policy at rollout time and under the reference model.
+        mask (`torch.Tensor` of shape `(B, R)`): 1 on valid response tokens (a prefix of each row, non-empty).
+        kl_coef (`float`): beta.
+        kl_estimator (`str`): see `per_token_kl`.
+
+    Returns:
+        `(rewards, kl)`, both `(B, R)`: ``rewards[b, t] = -beta * kl[b, t] + [t == last_b] * scores[b]``, zero
+        on masked positions; ``kl`` the per-token KL estimate (zero on masked positions).
+
+    Source: Ziegler et al. 2019, https://arxiv.org/abs/1909.08593, Eq. 2; Ouyang et al. 2022 (InstructGPT),
+    https://arxiv.org/abs/2203.02155, Eq. 2 (per-token form of the KL-penalised objective).
+    """
+    mask = mask.to(logprobs.dtype)
+    kl = per_token_kl(logprobs, ref_logprobs, kl_estimator) * mask
+    rewards = -kl_coef * kl
+    last = (mask.sum(dim=1).long() - 1).clamp(min=0)
+    rewards[torch.arange(rewards.shape[0], device=rewards.device), last] += scores.to(rewards.dtype)
+    return rewards * mask, kl
+
+
+def compute_gae(
+    rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimation over the response tokens.
+
+    ``delta_t = r_t + gamma * V_{t+1} - V_t`` and ``A_t = delta_t + gamma * lam * A_{t+1}``, where ``V`` is zero
+    after the last valid token (the episode ends at EOS or at the length limit).
+
+    Args:
+        rewards (`torch.Tensor` of shape `(B, R)`): per-token rewards (see `compute_rewards`).
+        values (`torch.Tensor` of shape `(B, R)`): value of the state before each response token.
+        mask (`torch.Tensor` of shape `(B, R)`): 1 on valid tokens (a prefix of each row).
+        gamma (`float`): discount; lam (`float`): GAE lambda.
+
+    Returns:
+        `(advantages, returns)`, both `(B, R)`, zero on masked positions; ``returns = advantages + values``.
+
+    Source: Schulman et al. 2016, "High-Dimensional Continuous Control Using Generalized Advantage
+    Estimation", https://arxiv.org/abs/1506.02438, Eq. 16.
+    """
+    mask = mask.to(values.dtype)
+    values = values * mask
+    rewards = rewards * mask
+    length = rewards.shape[1]
+    advantages_reversed = []
+    last_gae = torch.zeros_like(rewards[:, 0])
+    for t in reversed(range(length)):
+        next_value = values[:, t + 1] if t + 1 < length else torch.zeros_like(values[:, 0])
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        last_gae = (delta + gamma * lam * last_gae) * mask[:, t]
+        advantages_reversed.append(last_gae)
+    advantages = torch.stack(advantages_reversed[::-1], dim=1)
+    returns = (advantages + values) * mask
+    return advantages, returns
+
+
+def ppo_policy_loss(
+    logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, cliprange: float
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Clipped surrogate policy loss, averaged over valid tokens.
+
+    ``L = mean_t max(-A_t * rho_t, -A_t * clip(rho_t, 1 - eps, 1 + eps))`` with ``rho_t = exp(logp_t - old_logp_t)``.
+
+    Args:
+        logprobs (`torch.Tensor` of shape `(B, R)`): current policy log-probs of the rollout tokens (with grad).
+        old_logprobs (`torch.Tensor` of shape `(B, R)`): log-probs at rollout time.
+        advantages (`torch.Tensor` of shape `(B, R)`): (whitened) advantages.
+        mask (`torch.Tensor` of shape `(B, R)`): 1 on valid tokens.
+        cliprange (`float`): epsilon.
+
+    Returns:
+        `(loss, stats)`: scalar loss; stats ``clipfrac`` (share of tokens where the clipped term is active),
+        ``approxkl`` (``0.5 * mean (logp - old_logp)^2``), ``ratio`` (mean rho), all scalars.
+
+    Source: Schulman et al. 2017, "Proximal Policy Optimization Algorithms", https://arxiv.org/abs/1707.06347,
+    Eq. 7 (negated, to minimise).
+    """
+    log_ratio = logprobs - old_logprobs
+    ratio = torch.exp(log_ratio)
+    losses_unclipped = -advantages * ratio
+    losses_clipped = -advantages * torch.clamp(ratio, 1.0 - cliprange, 1.0 + cliprange)
+    loss = masked_mean(torch.maximum(losses_unclipped, losses_clipped), mask)
+    with torch.no_grad():
+        stats = {
+            "clipfrac": masked_mean((losses_clipped > losses_unclipped).float(), mask),
+            "approxkl": 0.5 * masked_mean(log_ratio**2, mask),
+            "ratio": masked_mean(ratio, mask),
+        }
+    return loss, stats
+
+
+def ppo_value_loss(
+    values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor, cliprange_value: float
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Clipped value loss, averaged over valid tokens.
+
+    ``L = 0.5 * mean_t max((V_t - G_t)^2, (clip(V_t, V_old - eps_v, V_old + eps_v) - G_t)^2)``.
+
+    Args:
+        values (`torch.Tensor` of shape `(B, R)`): current value predictions (with grad).
+        old_values (`torch.Tensor` of shape `(B, R)`): predictions at rollout time.
+        returns (`torch.Tensor` of shape `(B, R)`): GAE returns.
+        mask (`torch.Tensor` of shape `(B, R)`): 1 on valid tokens.
+        cliprange_value (`float`): eps_v.
+
+    Returns:
+        `(loss, stats)`: scalar loss; stats ``clipfrac`` and ``error`` (mean squared error of the unclipped
+        prediction), scalars.
+
+    Source: the clipped value objective of OpenAI baselines' PPO2 (Dhariwal et al. 2017), as used for RLHF by
+    Ziegler et al. 2019 and analysed in Huang et al. 2024, https://huggingface.co/papers/2403.17031.
+    """
+    values_clipped = old_values + torch.clamp(values - old_values, -cliprange_value, cliprange_value)
+    losses_unclipped = (values - returns) ** 2
+    losses_clipped = (values_clipped - returns) ** 2
+    loss = 0.5 * masked_mean(torch.maximum(losses_unclipped, losses_clipped), mask)
+    with torch.no_grad():
+        stats = {
+            "clipfrac": masked_mean((losses_clipped > losses_unclipped).float(), mask),
+            "error": masked_mean(losses_unclipped, mask),
+        }
+    return loss, stats
+
+
+class AdaptiveKLController:
+    """Proportional controller of beta towards a target KL.
+
+    ``e = clip(KL / target - 1, -0.2, 0.2)``; ``beta <- beta * (1 + e * n / horizon)`` after ``n`` episodes.
+
+    Source: Ziegler et al. 2019, https://arxiv.org/abs/1909.08593, Sec. 2.2.
+    """
+
+    def __init__(self, init_kl_coef: float, target: float, horizon: int):
+        self.value = init_kl_coef
+        self.target = target
+        self.horizon = horizon
+
+    def update(self, current_kl: float, n_steps: int) -> None:
+        error = min(max(current_kl / self.target - 1.0, -0.2), 0.2)
+        self.value *= 1.0 + error * n_steps / self.horizon
+
+
+class FixedKLController:
+    """A constant beta (the controller interface of `AdaptiveKLController`)."""
+
+    def __init__(self, kl_coef: float):
+        self.value = kl_coef
+
+    def update(self, current_kl: float, n_steps: int) -> None:
+        pass
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Model forwards
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    # left padding: positions count only real tokens, so a padded prompt sees the same positions as unpadded
+    return (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
+
+
+def policy_logprobs(
+    model: nn.Module,
+    query_responses: torch.Tensor,
+    attention_mask: torch.Tensor,
+    context_length: int,
+    temperature: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probs and entropies of the response tokens under a causal LM, logits divided by ``temperature``.
+
+    Args:
+        query_responses (`torch.LongTensor` of shape `(B, P + R)`): left-padded prompts followed by responses.
+        attention_mask (`torch.Tensor` of shape `(B, P + R)`).
+        context_length (`int`): P.
+
+    Returns:
+        `(logprobs, entropy)`, both `(B, R)`, nats.
+    """
+    output = model(input_ids=query_responses, attention_mask=attention_mask,
+                   position_ids=_position_ids(attention_mask), use_cache=False)
+    logits = output.logits[:, context_length - 1: -1]
+    responses = query_responses[:, context_length:]
+    return selective_log_softmax_and_entropy(logits.float(), responses, temperature=temperature)
+
+
+def token_values(
+    value_model: nn.Module, query_responses: torch.Tensor, attention_mask: torch.Tensor, context_length: int
+) -> torch.Tensor:
+    """Per-token values of a sequence-classification model used as value model.
+
+    The value of the state before response token ``t`` is the scalar head applied to the hidden state at
+    position ``P + t - 1`` (the last token the policy had seen when it sampled token ``t``).
+
+    Returns:
+        `torch.Tensor` of shape `(B, R)`.
+    """
+    backbone = getattr(value_model, value_model.base_model_prefix)
+    hidden = backbone(input_ids=query_responses, attention_mask=attention_mask,
+                      position_ids=_position_ids(attention_mask), use_cache=False).last_hidden_state
+    head = value_model.score if hasattr(value_model, "score") else value_model.get_output_embeddings()
+    return head(hidden[:, context_length - 1: -1]).squeeze(-1).float()
+
+
+class PolicyAndValue(nn.Module):
+    """One module holding both trained networks, so one optimizer and one DDP wrapper cover both."""
+
+    def __init__(self, policy: nn.Module, value_model: nn.Module):
+        super().__init__()
+        self.policy = policy
+        self.value_model = value_model
+
+    def forward(self, query_responses, attention_mask, context_length: int, temperature: float):
+        logprobs, entropy = policy_logprobs(self.policy, query_responses, attention_mask, context_length, temperature)
+        values = token_values(self.value_model, query_responses, attention_mask, context_length)
+        return logprobs, entropy, values
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Trainer
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class PPOTrainer:
+    """PPO trainer for causal-LM policies (see the module docstring for the algorithm).
+
+    Args:
+        args (`PPOConfig`): hyper-parameters and output options.
+        processing_class: the policy's tokenizer (with a chat template and a pad token; padding side left).
+        model: the policy, a causal LM (a `peft.PeftModel` for LoRA).
+        ref_model: the frozen reference model; None with a PEFT policy (adapter-disabled policy is used).
+        reward_funcs: one callable or a list, each ``f(prompts, completions, **columns) -> list[float]``;
+            their scores are summed (a `RewardModelScorer`, `accuracy_reward`, ...).
+        value_model: a sequence classifier with one output (num_labels=1), trained with the policy.
+        train_dataset: a `datasets.Dataset` with a conversational ``prompt`` column; other columns (e.g.
+            ``answer``) are passed to the reward functions.
+
+    Raises:
+        ValueError: when the dataset has no ``prompt`` column or is smaller than one rollout batch, or when
+            ``ref_model`` is None for a non-PEFT policy.
+    """
+
+    def __init__(self, args: PPOConfig, processing_class, model, ref_model, reward_funcs, value_model, train_dataset):
+        self.args = args
+        self.tokenizer = processing_class
+        if "prompt" not in train_dataset.column_names:
+            raise ValueError(f"The PPO dataset needs a 'prompt' column; it has {train_dataset.column_names}.")
+        if len(train_dataset) < args.rollout_batch_size:
+            raise ValueError(
+                f"The PPO dataset has {len(train_dataset)} prompts, fewer than one rollout batch "
+                f"({args.rollout_batch_size} = per_device_train_batch_size * gradient_accumulation_steps * "
+                "num_mini_batches). Use more prompts or a smaller batch."
+            )
+        self.is_peft = hasattr(model, "disable_adapter") and hasattr(model, "peft_config")
+        if ref_model is None and not self.is_peft:
+            raise ValueError("ref_model is required unless the policy is a PEFT model (adapter-disabled reference).")
+        self.reward_funcs = reward_funcs if isinstance(reward_funcs, list) else [reward_funcs]
+        self.train_dataset = train_dataset
+        self.accelerator = Accelerator(cpu=args.use_cpu)
+        set_seed(args.seed)
+
+        for m in (model, value_model) + ((ref_model,) if ref_model is not None else ()):
+            disable_dropout_in_model(m)  # dropout would make the rollout and training log-probs disagree
+        if ref_model is not None:
+            ref_model.eval().requires_grad_(False)
+            ref_model.to(self.accelerator.device)
+        self.ref_model = ref_model
+        self.eos_token_id = self.tokenizer.eos_token_id
+        model.generation_config.eos_token_id = self.eos_token_id
+        model.generation_config.pad_token_id = self.tokenizer.pad_token_id
+
+        # Schedule: one update = one rollout batch.
+        world = self.accelerator.num_processes
+        self.batch_size = args.rollout_batch_size * world
+        if args.max_steps and args.max_steps > 0:
+            self.num_updates = args.max_steps
+        else:
+            episodes = args.total_episodes or int(args.num_train_epochs * len(train_dataset))
+            self.num_updates = max(1, episodes // self.batch_size)
+        num_optimizer_steps = self.num_updates * args.num_ppo_epochs * args.num_mini_batches
+
+        self.wrapper = PolicyAndValue(model, value_model)
+        params = [p for p in self.wrapper.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
+                                      eps=args.adam_epsilon, weight_decay=args.weight_decay)
+        scheduler = get_scheduler(args.lr_scheduler_type, optimizer,
+                                  num_warmup_steps=args.get_warmup_steps(num_optimizer_steps),
+                                  num_training_steps=num_optimizer_steps)
+        self.wrapper, self.optimizer, self.lr_scheduler = self.accelerator.prepare(self.wrapper, optimizer, scheduler)
+        self.kl_ctl = (AdaptiveKLController(args.kl_coef, args.target_kl, args.kl_horizon) if args.adaptive_kl
+                       else FixedKLController(args.kl_coef))
+        self.global_step = 0
+        self.episode = 0
+        self.log_history: list[dict] = []
+
+    # -- properties ------------------------------------------------------------------------------------------
+    @property
+    def policy(self):
+        return self.accelerator.unwrap_model(self.wrapper).policy
+
+    @property
+    def value_model(self):
+        return self.accelerator.unwrap_model(self.wrapper).value_model
+
+    # -- data ------------------------------------------------------------------------------------------------
+    def _batch_indices(self, step: int) -> list[int]:
+        """Prompt indices of update ``step`` for this process: a seeded permutation per pass over the data."""
+        per_epoch = len(self.train_dataset) // self.batch_size
+        epoch, offset = divmod(step, per_epoch)
+        generator = torch.Generator().manual_seed(self.args.seed + epoch)
+        perm = torch.randperm(len(self.train_dataset), generator=generator).tolist()
+        start = offset * self.batch_size + self.accelerator.process_index * self.args.rollout_batch_size
+        return perm[start:start + self.args.rollout_batch_size]
+
+    def _encode_prompts(self, prompts: list) -> dict[str, torch.Tensor]:
+        texts = [p if isinstance(p, str) else
+                 self.tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
+        side = self.tokenizer.truncation_side
+        self.tokenizer.truncation_side = "left"
+        try:
+            enc = self.tokenizer(texts, return_tensors="pt", padding=True, padding_side="left", truncation=True,
+                                 max_length=self.args.max_prompt_length, add_special_tokens=False)
+        finally:
+            self.tokenizer.truncation_side = side
+        return {k: v.to(self.accelerator.device) for k, v in enc.items()}
+
+    # -- rollout ---------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def rollout(self, batch: dict) -> dict:
+        """Generate, score and compute advantages for one batch of prompts (steps 1-4 of the module docstring).
+
+        Returns a dict of tensors (`(B, R)` unless noted) and the decoded responses, plus timings in seconds.
+        """
+        args = self.args
+        timings = {}
+        enc = self._encode_prompts(batch["prompt"])
+        context_length = enc["input_ids"].shape[1]
+        policy = self.policy
+        policy.eval()
+        start = time.perf_counter()
+        query_responses = policy.generate(
+            **enc, max_new_tokens=args.response_length, do_sample=True, temperature=args.temperature,
+            top_p=args.top_p, top_k=0, eos_token_id=self.eos_token_id, pad_token_id=self.tokenizer.pad_token_id,
+        )
+        timings["generate"] = time.perf_counter() - start
+        responses = query_responses[:, context_length:]
+        mask, has_eos = response_mask_after_eos(responses, self.eos_token_id)
+        attention_mask = torch.cat([enc["attention_mask"], torch.ones_like(responses)], dim=1)
+
+        start = time.perf_counter()
+        texts = [self.tokenizer.decode(r[m], skip_special_tokens=True) for r, m in zip(responses, mask, strict=True)]
+        columns = {k: v for k, v in batch.items() if k != "prompt"}
+        scores = torch.zeros(len(texts))
+        for func in self.reward_funcs:
+            scores += torch.tensor(func(prompts=batch["prompt"], completions=texts, **columns), dtype=torch.float32)
+        scores = scores.to(self.accelerator.device)
+        raw_scores = scores.clone()
+        if args.missing_eos_penalty is not None:
+            scores = scores - args.missing_eos_penalty * (~has_eos).float()
+        timings["score"] = time.perf_counter() - start
+
+        start = time.perf_counter()
+        logprobs, ref_logprobs, values, entropies = [], [], [], []
+        step = args.local_rollout_forward_batch_size
+        for i in range(0, query_responses.shape[0], step):
+            qr, am = query_responses[i:i + step], attention_mask[i:i + step]
+            lp, ent = policy_logprobs(policy, qr, am, context_length, args.temperature)
+            if self.ref_model is None:
+                with policy.disable_adapter():
+                    ref_lp, _ = policy_logprobs(policy, qr, am, context_length, args.temperature)
+            else:
+                ref_lp, _ = policy_logprobs(self.ref_model, qr, am, context_length, args.temperature)
+            logprobs.append(lp)
+            ref_logprobs.append(ref_lp)
+            entropies.append(ent)
+            values.append(token_values(self.value_model, qr, am, context_length))
+        logprobs, ref_logprobs = torch.cat(logprobs), torch.cat(ref_logprobs)
+        values, entropy = torch.cat(values), torch.cat(entropies)
+        maskf = mask.float()
+        logprobs = torch.where(mask, logprobs, INVALID_LOGPROB)
+        ref_logprobs = torch.where(mask, ref_logprobs, INVALID_LOGPROB)
+        values = values * maskf
+
+        rewards, kl = compute_rewards(scores, logprobs, ref_logprobs, maskf, self.kl_ctl.value, args.kl_estimator)
+        if args.whiten_rewards:
+            rewards = masked_whiten(rewards, maskf, shift_mean=False)
+        advantages, returns = compute_gae(rewards, values, maskf, args.gamma, args.lam)
+        advantages = masked_whiten(advantages, maskf)
+        timings["forward"] = time.perf_counter() - start
+
+        return dict(
+            query_responses=query_responses, attention_mask=attention_mask, context_length=context_length,
+            mask=maskf, has_eos=has_eos, logprobs=logprobs, values=values, advantages=advantages,
+            returns=returns, scores=scores, raw_scores=raw_scores, kl=kl, entropy=entropy,
+            non_score_reward=(-self.kl_ctl.value * kl).sum(1), texts=texts, timings=timings,
+        )
+
+    # -- optimisation ----------------------------------------------------------------------------------------
+    def optimize(self, data: dict) -> dict[str, float]:
+        """PPO epochs over minibatches of one rollout (step 5). Returns averaged loss statistics."""
+        args = self.args
+        self.wrapper.train()
+        stats = defaultdict(list)
+        n = data["query_responses"].shape[0]
+        micro = args.per_device_train_batch_size
+        for _ in range(args.num_ppo_epochs):
+            order = torch.randperm(n).tolist()
+            for mb_start in range(0, n, args.mini_batch_size):
+                mb = order[mb_start:mb_start + args.mini_batch_size]
+                self.optimizer.zero_grad()
+                for mc_start in range(0, len(mb), micro):
+                    idx = torch.tensor(mb[mc_start:mc_start + micro], device=self.accelerator.device)
+                    m = data["mask"][idx]
+                    new_logprobs, entropy, new_values = self.wrapper(
+                        data["query_responses"][idx], data["attention_mask"][idx], data["context_length"],
+                        args.temperature)
+                    pg_loss, pg_stats = ppo_policy_loss(new_logprobs, data["logprobs"][idx],
+                                                        data["advantages"][idx], m, args.cliprange)
+                    vf_loss, vf_stats = ppo_value_loss(new_values, data["values"][idx], data["returns"][idx], m,
+                                                       args.cliprange_value)
+                    loss = (pg_loss + args.vf_coef * vf_loss) * len(idx) / len(mb)
+                    self.accelerator.backward(loss)
+                    stats["loss/policy"].append(pg_loss.item())
+                    stats["loss/value"].append(vf_loss.item())
+                    stats["policy/clipfrac"].append(pg_stats["clipfrac"].item())
+                    stats["policy/approxkl"].append(pg_stats["approxkl"].item())
+                    stats["policy/ratio"].append(pg_stats["ratio"].item())
+                    stats["value/clipfrac"].append(vf_stats["clipfrac"].item())
+                    stats["value/error"].append(vf_stats["error"].item())
+                if args.max_grad_norm and args.max_grad_norm > 0:
+                    self.accelerator.clip_grad_norm_(self.wrapper.parameters(), args.max_grad_norm)
+                self.optimizer.step()
+                self.lr_scheduler.step()
+        return {k: sum(v) / len(v) for k, v in stats.items()}
+
+    # -- loop ------------------------------------------------------------------------------------------------
+    def train(self, resume_from_checkpoint: str | None = None) -> list[dict]:
+        """Run ``num_updates`` PPO updates, checkpointing every ``save_steps``; returns the log history.
+
+        Args:
+            resume_from_checkpoint (`str`, *optional*): a ``checkpoint-N`` folder written by this trainer; the
+                run continues at update N+1 with the same weights, optimizer, scheduler, KL coefficient and
+                random state, so the result equals an uninterrupted run.
+        """
+        args = self.args
+        if resume_from_checkpoint:
+            self._load_checkpoint(resume_from_checkpoint)
+        bar = tqdm(total=self.num_updates, initial=self.global_step, desc="PPO",
+                   disable=not self.accelerator.is_local_main_process)
+        while self.global_step < self.num_updates:
+            start = time.perf_counter()
+            batch = self.train_dataset[self._batch_indices(self.global_step)]
+            data = self.rollout(batch)
+            train_start = time.perf_counter()
+            opt_stats = self.optimize(data)
+            train_time = time.perf_counter() - train_start
+            self.global_step += 1
+            self.episode += self.batch_size
+            mean_kl = data["kl"].sum(1).mean().item()
+            self.kl_ctl.update(mean_kl, self.batch_size)
+            n_tokens = data["query_responses"].numel()
+            lengths = data["mask"].sum(1)
+            log = {
+                "step": self.global_step,
+                "episode": self.episode,
+                "objective/scores": data["raw_scores"].mean().item(),
+                "objective/kl": mean_kl,
+                "objective/entropy": masked_mean(data["entropy"], data["mask"]).item(),
+                "objective/non_score_reward": data["non_score_reward"].mean().item(),
+                "objective/rlhf_reward": (data["scores"] + data["non_score_reward"]).mean().item(),
+                **opt_stats,
+                "value/mean": masked_mean(data["values"], data["mask"]).item(),
+                "response/length": lengths.mean().item(),
+                "response/eos_rate": data["has_eos"].float().mean().item(),
+                "kl_coef": self.kl_ctl.value,
+                "learning_rate": self.lr_scheduler.get_last_lr()[0],
+                "time/generate": data["timings"]["generate"],
+                "time/score": data["timings"]["score"],
+                "time/forward": data["timings"]["forward"],
+                "time/train": train_time,
+                "time/step": time.perf_counter() - start,
+                "tokens_per_second": n_tokens * (1 + args.num_ppo_epochs) / (time.perf_counter() - start),
+            }
+            self.log_history.append(log)
+            if self.accelerator.is_main_process and args.logging_steps and self.global_step % max(
+                    1, int(args.logging_steps)) == 0:
+                bar.write(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in log.items()}))
+                for text in data["texts"][: args.num_sample_generations]:
+                    bar.write(f"  sample: {text[:200]!r}")
+            bar.set_postfix(score=f"{log['objective/scores']:.3f}", kl=f"{mean_kl:.3f}")
+            bar.update(1)
+            if args.save_strategy != "no" and args.save_steps and self.global_step % int(args.save_steps) == 0 \
+                    and self.global_step < self.num_updates:
+                self._save_checkpoint()
+        bar.close()
+        return self.log_history
+
+    # -- saving ----------------------------------------------------------------------------------------------
+    def _state(self) -> dict:
+        return {"global_step": self.global_step, "episode": self.episode, "kl_coef": self.kl_ctl.value,
+                "num_updates": self.num_updates, "log_history": self.log_history,
+                "config": {k: v for k, v in asdict(self.args).items() if isinstance(v, (int, float, str, bool))}}
+
+    def _save_checkpoint(self) -> Path:
+        """Write ``checkpoint-<step>/`` atomically: a temp folder renamed into place once complete."""
+        output_dir = Path(self.args.output_dir)
+        final = output_dir / f"{CHECKPOINT_PREFIX}{self.global_step}"
+        tmp = output_dir / f".tmp-{CHECKPOINT_PREFIX}{self.global_step}"
+        if self.accelerator.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)  # only our own half-written temp folder
+        self.accelerator.wait_for_everyone()
+        self.accelerator.save_state(str(tmp), safe_serialization=False)
+        if self.accelerator.is_main_process:
+            (tmp / TRAINER_STATE_NAME).write_text(json.dumps(self._state(), indent=1))
+            if final.exists():
+                raise FileExistsError(f"{final} already exists; refusing to overwrite a checkpoint.")
+            os.replace(tmp, final)
+            self._rotate_checkpoints()
+        self.accelerator.wait_for_everyone()
+        return final
+
+    def _rotate_checkpoints(self) -> None:
+        limit = self.args.save_total_limit
+        if not limit:
+            return
+        checkpoints = sorted(Path(self.args.output_dir).glob(f"{CHECKPOINT_PREFIX}*"),
+                             key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]))
+        for old in checkpoints[:-limit]:
+            shutil.rmtree(old)
+
+    def _load_checkpoint(self, checkpoint: str) -> None:
+        state_file = Path(checkpoint) / TRAINER_STATE_NAME
+        if not state_file.is_file():
+            raise FileNotFoundError(f"{checkpoint} is not a PPO checkpoint of this trainer (no {TRAINER_STATE_NAME}).")
+        self.accelerator.load_state(str(checkpoint))
+        state = json.loads(state_file.read_text())
+        if state["num_updates"] != self.num_updates:
+            raise ValueError(
+                f"{checkpoint} was written by a run of {state['num_updates']} updates; this run has "
+                f"{self.num_updates}. Resume with the same max_steps / total_episodes / batch sizes."
+            )
+        self.global_step, self.episode = state["global_step"], state["episode"]
+        self.kl_ctl.value = state["kl_coef"]
+        self.log_history = state["log_history"]
+        logger.info("Resumed from %s at update %d.", checkpoint, self.global_step)
+
+    def save_model(self, output_dir: str | None = None) -> None:
+        """Save the policy (``save_pretrained``: a full model, or the LoRA adapter) with its tokenizer, the value
+        model under ``value_model/``, and ``trainer_state.json`` with the log history."""
+        output_dir = Path(output_dir or self.args.output_dir)
+        self.accelerator.wait_for_everyone()
+        if not self.accelerator.is_main_process:
+            return
+        output_dir.mkdir(parents=True, exist_ok=True)
+        self.policy.save_pretrained(output_dir, safe_serialization=True)
+        self.tokenizer.save_pretrained(output_dir)
+        self.value_model.save_pretrained(output_dir / "value_model", safe_serialization=True)
+        (output_dir / TRAINER_STATE_NAME).write_text(json.dumps(self._state(), indent=1))
+

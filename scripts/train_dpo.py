@@ -1,0 +1,48 @@
+"""Direct preference optimisation (DPO, and IPO etc. through ``--loss_type``) with TRL's `DPOTrainer`.
+
+The reference model is the starting policy (a frozen copy, or the adapter-disabled policy with ``--use_peft``).
+
+    python scripts/train_dpo.py --config config/dpo/default.yaml --model_name_or_path runs/default/sft
+    python scripts/train_dpo.py --config config/dpo/default.yaml --loss_type ipo --beta 0.1       # IPO
+    accelerate launch --config_file config/accelerate/multi_gpu.yaml scripts/train_dpo.py --config config/dpo/default.yaml
+"""
+
+from trl import DPOConfig, DPOTrainer, ModelConfig, TrlParser, get_peft_config
+
+from open_rlhf import data, models, stages
+from open_rlhf.config import ScriptArguments
+
+
+def main(script_args: ScriptArguments, training_args: DPOConfig, model_args: ModelConfig) -> None:
+    # Output dir and resume
+    last_checkpoint = stages.prepare_output_dir(training_args.output_dir)
+
+    # Model and tokenizer
+    model_path = models.resolve_model_path(model_args.model_name_or_path)
+    tokenizer = models.load_tokenizer(model_path, padding_side="right")
+    model = models.load_causal_lm(model_path, model_args)
+    if script_args.use_fused_rmsnorm:
+        models.use_fused_rmsnorm(model)
+
+    # Data
+    train_dataset, eval_dataset = data.load_splits(
+        script_args.dataset_name, "preference", eval_size=script_args.eval_size, seed=script_args.data_seed,
+        max_samples=script_args.max_train_samples)
+
+    # Train
+    trainer = DPOTrainer(model=model, ref_model=None, args=training_args, train_dataset=train_dataset,
+                         eval_dataset=eval_dataset, processing_class=tokenizer, peft_config=get_peft_config(model_args))
+    trainer.train(resume_from_checkpoint=last_checkpoint)
+
+    # Save
+    stages.save_final(training_args.output_dir, lambda d: stages.save_trainer(trainer, d),
+                      {"stage": "dpo", "model": model_path, "dataset": script_args.dataset_name,
+                       "train_examples": len(train_dataset), "global_step": trainer.state.global_step})
+
+
+def make_parser() -> TrlParser:
+    return TrlParser((ScriptArguments, DPOConfig, ModelConfig))
+
+
+if __name__ == "__main__":
+    main(*make_parser().parse_args_and_config())

@@ -1,0 +1,59 @@
+"""PPO (RLHF) of a chat policy against a reward model or a verifiable reward (our `open_rlhf.trainers.ppo`).
+
+With no flags it trains the default model on the built-in arithmetic prompts with the verifiable accuracy
+reward (PPO with verifiable rewards); ``--reward_model_path`` switches to a trained reward model.
+
+    python scripts/train_ppo.py
+    python scripts/train_ppo.py --config config/ppo/default.yaml --model_name_or_path runs/default/sft \
+        --reward_model_path runs/default/reward --output_dir runs/default/ppo
+    python scripts/train_ppo.py --config config/ppo/default.yaml --use_peft --lora_r 16   # LoRA: no reference copy
+    accelerate launch --config_file config/accelerate/multi_gpu.yaml scripts/train_ppo.py --config config/ppo/default.yaml
+"""
+
+from trl import ModelConfig, TrlParser
+
+from open_rlhf import data, models, stages
+from open_rlhf.config import ScriptArguments
+from open_rlhf.trainers.ppo import PPOConfig, PPOTrainer
+
+
+def main(script_args: ScriptArguments, training_args: PPOConfig, model_args: ModelConfig) -> None:
+    # Output dir and resume
+    last_checkpoint = stages.prepare_output_dir(training_args.output_dir)
+
+    # Models: policy, reference, reward, value
+    policy, ref_model, tokenizer, model_path = models.load_policy_and_reference(
+        model_args, training_args.sft_model_path)
+    reward_funcs = models.load_reward_functions(training_args.reward_model_path)
+    value_model = models.load_value_model(training_args.value_model_path, training_args.reward_model_path,
+                                          model_path, tokenizer.pad_token_id)
+    if script_args.use_fused_rmsnorm:
+        for m in (policy, ref_model, value_model):
+            if m is not None:
+                models.use_fused_rmsnorm(m)
+
+    # Data: prompts (+ gold answers for the verifiable reward)
+    # (the eval split is held out, not trained on: the pipeline's final evaluation uses exactly those prompts)
+    train_dataset, _ = data.load_splits(script_args.dataset_name, "prompt", eval_size=script_args.eval_size,
+                                        seed=script_args.data_seed, max_samples=script_args.max_train_samples)
+    if training_args.reward_model_path is None and "answer" not in train_dataset.column_names:
+        raise ValueError(f"Dataset {script_args.dataset_name!r} has no 'answer' column, which the verifiable reward "
+                         "needs. Pass --reward_model_path, or use data with gold answers (builtin, GSM8K).")
+
+    # Train
+    trainer = PPOTrainer(args=training_args, processing_class=tokenizer, model=policy, ref_model=ref_model,
+                         reward_funcs=reward_funcs, value_model=value_model, train_dataset=train_dataset)
+    trainer.train(resume_from_checkpoint=last_checkpoint)
+
+    # Save
+    stages.save_final(training_args.output_dir, trainer.save_model,
+                      {"stage": "ppo", "model": model_path, "dataset": script_args.dataset_name,
+                       "reward": training_args.reward_model_path or "accuracy", "global_step": trainer.global_step})
+
+
+def make_parser() -> TrlParser:
+    return TrlParser((ScriptArguments, PPOConfig, ModelConfig))
+
+
+if __name__ == "__main__":
+    main(*make_parser().parse_args_and_config())
