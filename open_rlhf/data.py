@@ -1,0 +1,786 @@
+"""Load any data source into TRL's standard columns, with errors that say where and how to fix.
+
+Sources: a local ``.jsonl``, ``.json``, ``.jsonl.gz``, ``.json.gz`` or ``.parquet`` file, a folder of them,
+a Hugging Face Hub dataset id, or ``"builtin"`` (the arithmetic task of `open_rlhf.arithmetic`).
+JSON and JSON Lines are parsed here (not by `datasets`), so that a bad record is reported with its file and
+line. Known raw formats are converted to TRL's standard formats (conversational):
+
+- hh-rlhf transcripts (``chosen``/``rejected`` strings ``"\\n\\nHuman: ...\\n\\nAssistant: ..."``) ->
+  ``prompt`` (the shared turns, user/assistant alternating) / ``chosen`` / ``rejected`` (the final
+  Assistant turns); pairs with an empty final turn are skipped with a counted warning;
+- GSM8K (``question``/``answer`` ending in ``"#### N"``) -> ``prompt`` (the question plus
+  `open_rlhf.arithmetic.ANSWER_INSTRUCTION`) / ``completion`` (the worked answer without the ``<<48/2=24>>``
+  calculator annotations) / ``answer`` (the final number, normalised);
+- TRL's own formats (prompt-completion, preference, implicit-prompt preference, messages, prompt-only,
+  unpaired preference) pass through, string prompts wrapped as conversations when ``conversational=True``
+  (hh-rlhf and GSM8K are always converted to conversations).
+
+Only TRL's standard columns and ``answer`` (as a string) are kept.
+
+The stage loaders (`load_sft_dataset`, `load_preference_dataset`, `load_prompt_dataset`, `load_splits`)
+are what the scripts call. Every caller error is a `DataFormatError` (a `ValueError`) naming the file, the
+line (1-based) or item, the field, and the fix.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+import os
+import re
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import datasets
+from datasets import Dataset
+
+from open_rlhf import arithmetic
+from open_rlhf.rewards import normalize_number
+
+logger = logging.getLogger(__name__)
+
+SUPPORTED_SUFFIXES = (".jsonl", ".json", ".jsonl.gz", ".json.gz", ".parquet")
+# Format name -> the columns that identify it (for detection and for error messages).
+FORMATS = {
+    "hh_rlhf": "chosen, rejected (strings '\\n\\nHuman: ...\\n\\nAssistant: ...', no prompt)",
+    "gsm8k": "question, answer (answer ends with '#### N')",
+    "prompt_completion": "prompt, completion",
+    "preference": "prompt, chosen, rejected",
+    "implicit_preference": "chosen, rejected (sharing the prompt as a prefix, no prompt column)",
+    "messages": "messages",
+    "prompt_only": "prompt",
+    "unpaired_preference": "prompt, completion, label",
+}
+BUILTIN_SOURCES = ("builtin", "builtin:arithmetic")
+BUILTIN_SIZES = {"sft": 2000, "preference": 2000, "prompt": 2000}
+EVAL_SPLITS = ("eval", "test", "validation")
+
+_HH_MARKER = re.compile(r"\n\n(Human|Assistant):")
+_HH_ROLES = {"Human": "user", "Assistant": "assistant"}
+_CALCULATOR_ANNOTATION = re.compile(r"<<[^<>]*>>")
+_MESSAGE_ROLES = ("system", "user", "assistant", "tool")
+
+
+class DataFormatError(ValueError):
+    """A data source that cannot be read or converted; the message names the file, line, field and fix."""
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Reading records with their locations
+# ---------------------------------------------------------------------------------------------------------
+
+@dataclass
+class _Records:
+    """Rows of a source plus where each came from, so that errors can point at a file and line."""
+
+    rows: list[dict[str, Any]]
+    name: str  # the source as the user gave it
+    # Per row: (index into `files`, 1-based line/item/row number). Empty: rows are numbered in `name`.
+    origins: list[tuple[int, int]] = field(default_factory=list)
+    files: list[tuple[str, str]] = field(default_factory=list)  # (path, "line" | "item" | "row")
+
+    def where(self, index: int) -> str:
+        if not self.origins:
+            return f"record {index + 1} of {self.name}"
+        file_index, number = self.origins[index]
+        path, unit = self.files[file_index]
+        return f"{unit} {number} of {path}"
+
+
+def _is_builtin(source: str) -> bool:
+    if source.strip().lower() in BUILTIN_SOURCES:
+        return True
+    if source.strip().lower().startswith("builtin:"):
+        raise ValueError(f"unknown built-in task {source!r}; the built-in sources are {BUILTIN_SOURCES}")
+    return False
+
+
+def _has_supported_suffix(name: str) -> bool:
+    return name.lower().endswith(SUPPORTED_SUFFIXES)
+
+
+def _looks_local(source: str) -> bool:
+    """True for a path that exists or cannot be a Hub id ("org/name"): a data-file suffix, ``/ . ~``."""
+    return (Path(source).expanduser().exists() or _has_supported_suffix(source)
+            or source.startswith(("/", ".", "~")) or source.count("/") > 1)
+
+
+def _read_text(path: Path) -> str:
+    try:
+        raw = path.read_bytes()
+        if path.name.lower().endswith(".gz"):
+            raw = gzip.decompress(raw)
+    except (EOFError, OSError, zlib.error) as err:
+        raise DataFormatError(f"truncated or corrupt gzip file {path}: {err}. Fix: download or compress the "
+                              f"file again (`gzip -t {path}` checks it).") from err
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise DataFormatError(f"{path} is not UTF-8 text (byte {err.start}: {err.reason}). Fix: re-encode "
+                              f"it as UTF-8.") from err
+
+
+def _read_jsonl(path: Path) -> list[tuple[int, Any]]:
+    records = []
+    # Split on "\n" only: str.splitlines() would also split on U+2028 inside JSON strings.
+    for number, line in enumerate(_read_text(path).split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append((number, json.loads(line)))
+        except json.JSONDecodeError as err:
+            raise DataFormatError(f"bad JSON on line {number} of {path}: {err.msg} (column {err.colno}). Fix: "
+                                  f"each line of a .jsonl file must be one complete JSON object.") from err
+    return records
+
+
+def _read_json(path: Path, split: str) -> list[tuple[int, Any]]:
+    text = _read_text(path)
+    if not text.strip():
+        return []
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise DataFormatError(f"bad JSON on line {err.lineno} of {path}: {err.msg} (column {err.colno}). "
+                              f"Fix: the file must hold one JSON list of objects.") from err
+    if isinstance(data, dict):
+        keys = [key for key in (split, "data") if isinstance(data.get(key), list)]
+        if not keys:
+            raise DataFormatError(f"{path} holds a JSON object with keys {sorted(data)}, but no list of records "
+                                  f"under {split!r} or 'data'. Fix: make the file a JSON list of objects, or "
+                                  f"put that list under the key 'data'.")
+        data = data[keys[0]]
+    if not isinstance(data, list):
+        raise DataFormatError(f"{path} holds a JSON {type(data).__name__}, not a list of records. Fix: make "
+                              f"the file a JSON list of objects.")
+    return list(enumerate(data, start=1))
+
+
+def _read_parquet(path: Path) -> list[tuple[int, Any]]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        rows = pq.read_table(path).to_pylist()
+    except (pa.ArrowException, OSError) as err:
+        raise DataFormatError(f"cannot read parquet file {path}: {err}. Fix: the file is truncated or not "
+                              f"parquet; write it again (e.g. `Dataset.to_parquet`).") from err
+    return list(enumerate(rows, start=1))
+
+
+def _read_file(path: Path, split: str, records: _Records) -> None:
+    name = path.name.lower()
+    if name.endswith((".jsonl", ".jsonl.gz")):
+        unit, numbered = "line", _read_jsonl(path)
+    elif name.endswith((".json", ".json.gz")):
+        unit, numbered = "item", _read_json(path, split)
+    elif name.endswith(".parquet"):
+        unit, numbered = "row", _read_parquet(path)
+    else:
+        raise DataFormatError(f"{path}: unsupported file type. Fix: use one of {', '.join(SUPPORTED_SUFFIXES)}.")
+    if not numbered:
+        raise DataFormatError(f"{path} is empty: no records found. Fix: give a file with at least one record.")
+    records.files.append((str(path), unit))
+    file_index = len(records.files) - 1
+    for number, row in numbered:
+        if not isinstance(row, dict):
+            raise DataFormatError(f"{unit} {number} of {path} is a JSON {type(row).__name__}, not an object. "
+                                  f"Fix: every record must be an object such as "
+                                  f'{{"prompt": "...", "completion": "..."}}.')
+        records.rows.append(row)
+        records.origins.append((file_index, number))
+
+
+def _folder_files(folder: Path, split: str) -> list[Path]:
+    files = sorted(p for p in folder.iterdir() if p.is_file() and _has_supported_suffix(p.name))
+    if not files:
+        raise DataFormatError(f"folder {folder} holds no data file. Fix: put files ending in "
+                              f"{', '.join(SUPPORTED_SUFFIXES)} in it.")
+    # A folder laid out by split (train.jsonl, test.jsonl, train-00001.parquet) gives only `split`'s files.
+    for_split = [p for p in files if p.name.lower().startswith(split.lower())]
+    return for_split or files
+
+
+def _kind(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "list"
+    return "object"
+
+
+def _check_consistent(records: _Records) -> None:
+    """Every record has the first record's fields, each of the same JSON type."""
+    first = records.rows[0]
+    kinds: dict[str, tuple[str, int]] = {}
+    for index, row in enumerate(records.rows):
+        if row.keys() != first.keys():
+            missing = sorted(first.keys() - row.keys())
+            extra = sorted(row.keys() - first.keys())
+            problem = (f"missing field '{missing[0]}'" if missing
+                       else f"field '{extra[0]}' that the first record lacks")
+            raise DataFormatError(f"{records.where(index)}: record has {problem} (the first record, "
+                                  f"{records.where(0)}, has fields {sorted(first)}). Fix: give every record the "
+                                  f"same fields.")
+        for key, value in row.items():
+            kind = _kind(value)
+            if kind is None:
+                continue
+            if key not in kinds:
+                kinds[key] = (kind, index)
+            elif kinds[key][0] != kind:
+                raise DataFormatError(f"{records.where(index)}: field '{key}' is a {kind}, but it is a "
+                                      f"{kinds[key][0]} in {records.where(kinds[key][1])}. Fix: give field "
+                                      f"'{key}' the same type in every record.")
+
+
+def _read_records(source: str, split: str = "train") -> _Records:
+    path = Path(source).expanduser()
+    if path.is_dir():
+        records = _Records(rows=[], name=str(path))
+        for file in _folder_files(path, split):
+            _read_file(file, split, records)
+    elif path.is_file():
+        records = _Records(rows=[], name=str(path))
+        _read_file(path, split, records)
+    elif _looks_local(source):
+        raise FileNotFoundError(f"no such data file or folder: {path}")
+    else:
+        dataset = datasets.load_dataset(source, split=split)
+        return _Records(rows=dataset.to_list(), name=f"hub dataset {source!r} (split {split!r})")
+    _check_consistent(records)
+    return records
+
+
+def _to_dataset(rows: list[dict[str, Any]], name: str) -> Dataset:
+    import pyarrow as pa
+
+    try:
+        return Dataset.from_list(rows)
+    except (pa.ArrowException, TypeError, ValueError) as err:
+        raise DataFormatError(f"{name}: the records cannot be stored as one table ({err}). Fix: give each "
+                              f"field the same nested structure in every record.") from err
+
+
+def load_records(source: str, split: str = "train") -> Dataset:
+    """Read a data source as it is (no conversion): a local file, a folder of files, or a Hub dataset.
+
+    Args:
+        source (`str`): a ``.jsonl``, ``.json`` (a list of objects, or an object with that list under
+            ``split`` or ``"data"``), ``.jsonl.gz``, ``.json.gz`` or ``.parquet`` file; a folder (its
+            supported files, sorted by name and concatenated; if some names start with ``split``, only
+            those); otherwise a Hugging Face Hub id loaded with `datasets.load_dataset`.
+        split (`str`): the split of a Hub dataset (and the file-name filter for folders).
+
+    Returns:
+        `datasets.Dataset` with one row per record.
+
+    Raises:
+        FileNotFoundError: when ``source`` looks like a local path (has a data-file suffix, starts with
+            ``/``, ``.`` or ``~``) and does not exist.
+        DataFormatError: for an empty file, bad JSON (with its line), a record that is not an object, a
+            truncated or corrupt gzip or parquet file, records whose fields or field types differ from the
+            first record's, an empty folder.
+    """
+    if _is_builtin(source):
+        raise ValueError(f"{source!r} is the built-in task; load it with load_sft_dataset, "
+                         f"load_preference_dataset or load_prompt_dataset.")
+    if not _looks_local(source):
+        # Hub dataset: keep `datasets`' own table (no round trip through Python objects).
+        return datasets.load_dataset(source, split=split)
+    records = _read_records(source, split)
+    return _to_dataset(records.rows, records.name)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Format detection
+# ---------------------------------------------------------------------------------------------------------
+
+def _is_hh_transcript(value: Any) -> bool:
+    return isinstance(value, str) and "Human:" in value and "Assistant:" in value
+
+
+def _detect(columns: list[str], first_row: dict[str, Any] | None, name: str) -> str:
+    cols = set(columns)
+    if {"chosen", "rejected"} <= cols:
+        if "prompt" in cols:
+            return "preference"
+        if first_row is not None and _is_hh_transcript(first_row.get("chosen")):
+            return "hh_rlhf"
+        return "implicit_preference"
+    if "messages" in cols:
+        return "messages"
+    if "prompt" in cols and "completion" in cols:
+        return "unpaired_preference" if "label" in cols else "prompt_completion"
+    if "prompt" in cols and not cols & {"chosen", "rejected", "completion"}:
+        return "prompt_only"
+    if {"question", "answer"} <= cols:
+        return "gsm8k"
+    accepted = "; ".join(f"{fmt}: {cols_}" for fmt, cols_ in FORMATS.items())
+    raise DataFormatError(f"{name}: unknown data format, columns found: {sorted(cols)}. Fix: rename the "
+                          f"columns to one of the accepted formats ({accepted}).")
+
+
+def detect_format(dataset: Dataset) -> str:
+    """The format of a dataset, from its column names (and, for chosen/rejected, its first record).
+
+    Args:
+        dataset (`datasets.Dataset`): as returned by `load_records`.
+
+    Returns:
+        `str`, one of ``"hh_rlhf"``, ``"gsm8k"``, ``"prompt_completion"``, ``"preference"``,
+        ``"implicit_preference"``, ``"messages"``, ``"prompt_only"``, ``"unpaired_preference"``.
+
+    Raises:
+        DataFormatError: when the columns match no known format; the message lists the columns found and
+            the formats accepted.
+    """
+    first_row = dataset[0] if len(dataset) else None
+    return _detect(dataset.column_names, first_row, "dataset")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Conversion to TRL's standard formats
+# ---------------------------------------------------------------------------------------------------------
+
+def _type_name(value: Any) -> str:
+    return _kind(value) or "null"
+
+
+def _check_text(value: Any, column: str, where: str) -> str:
+    if not isinstance(value, str):
+        raise DataFormatError(f"{where}: field '{column}' must be a string, got a {_type_name(value)}. Fix: "
+                              f"store '{column}' as text.")
+    return value
+
+
+def _check_turns(value: Any, column: str, where: str) -> str | list[dict[str, str]]:
+    """A string or a list of {"role", "content"} messages (TRL's standard vs. conversational types)."""
+    if isinstance(value, str):
+        return value
+    fix = (f"Fix: give '{column}' as a string or as a list of messages like "
+           f'[{{"role": "user", "content": "..."}}].')
+    if not isinstance(value, list):
+        raise DataFormatError(f"{where}: field '{column}' must be a string or a list of messages, got a "
+                              f"{_type_name(value)}. {fix}")
+    for position, message in enumerate(value, start=1):
+        if not (isinstance(message, dict) and isinstance(message.get("role"), str)
+                and isinstance(message.get("content"), str)):
+            raise DataFormatError(f"{where}: message {position} of field '{column}' is not a "
+                                  f"{{'role': str, 'content': str}} object. {fix}")
+        if message["role"] not in _MESSAGE_ROLES:
+            raise DataFormatError(f"{where}: message {position} of field '{column}' has role "
+                                  f"{message['role']!r}; roles must be one of {_MESSAGE_ROLES}. {fix}")
+    return [{"role": m["role"], "content": m["content"]} for m in value]
+
+
+def _as_messages(value: str | list[dict[str, str]], role: str, conversational: bool):
+    if isinstance(value, str) and conversational:
+        return [{"role": role, "content": value}]
+    return value
+
+
+def _split_hh(chosen: str, rejected: str, where: str):
+    """(prompt messages, final chosen turn, final rejected turn) of two hh-rlhf transcripts, or None.
+
+    The prompt is the shared prefix of the two transcripts up to its last ``"\\n\\nAssistant:"`` marker
+    (as TRL's own hh-rlhf script does), so a final turn may itself contain text like ``"Human:"`` (a handful
+    of hh-rlhf responses do). Consecutive turns of one speaker (4 harmless-base prompts) are merged with a
+    blank line so that roles alternate. Returns None for a prompt that is not a Human/Assistant dialogue
+    ending with a Human turn.
+    """
+    shared = os.path.commonprefix([chosen, rejected])
+    markers = [m for m in _HH_MARKER.finditer(shared) if m.group(1) == "Assistant"]
+    if not markers:
+        raise DataFormatError(f"{where}: fields 'chosen' and 'rejected' share no prompt ending in "
+                              f"'\\n\\nAssistant:'. Fix: both transcripts must repeat the same dialogue and "
+                              f"differ only in the final Assistant turn.")
+    cut = markers[-1]
+    chosen_final, rejected_final = chosen[cut.end():], rejected[cut.end():]
+    if "\n\nHuman:" in chosen_final or "\n\nHuman:" in rejected_final:
+        raise DataFormatError(f"{where}: fields 'chosen' and 'rejected' do not share the prompt (they differ "
+                              f"before the final Assistant turn). Fix: both transcripts must repeat the same "
+                              f"dialogue and differ only in the final Assistant turn.")
+    parts = _HH_MARKER.split(chosen[:cut.start()])
+    if parts[0].strip():
+        return None
+    messages: list[dict[str, str]] = []
+    for speaker, text in zip(parts[1::2], parts[2::2], strict=True):
+        role = _HH_ROLES[speaker]
+        if messages and messages[-1]["role"] == role:
+            messages[-1]["content"] = f"{messages[-1]['content']}\n\n{text.strip()}"
+        else:
+            messages.append({"role": role, "content": text.strip()})
+    if not messages or messages[-1]["role"] != "user":
+        return None
+    return messages, chosen_final.strip(), rejected_final.strip()
+
+
+def _convert_hh(records: _Records) -> list[dict[str, Any]]:
+    rows, empty, malformed = [], 0, 0
+    for index, row in enumerate(records.rows):
+        where = records.where(index)
+        chosen = _check_text(row["chosen"], "chosen", where)
+        rejected = _check_text(row["rejected"], "rejected", where)
+        split = _split_hh(chosen, rejected, where)
+        if split is None:
+            malformed += 1
+            continue
+        prompt, chosen_final, rejected_final = split
+        if not chosen_final or not rejected_final:
+            empty += 1
+            continue
+        rows.append({"prompt": prompt, "chosen": [{"role": "assistant", "content": chosen_final}],
+                     "rejected": [{"role": "assistant", "content": rejected_final}]})
+    if empty:
+        logger.warning("%s: skipped %d hh-rlhf records whose final chosen or rejected turn is empty",
+                       records.name, empty)
+    if malformed:
+        logger.warning("%s: skipped %d hh-rlhf records whose prompt is not a Human/Assistant dialogue ending "
+                       "with a Human turn", records.name, malformed)
+    return rows
+
+
+def _convert_gsm8k(records: _Records) -> list[dict[str, Any]]:
+    rows = []
+    for index, row in enumerate(records.rows):
+        where = records.where(index)
+        question = _check_text(row["question"], "question", where)
+        solution = _check_text(row["answer"], "answer", where)
+        if "#### " not in solution:
+            raise DataFormatError(f"{where}: field 'answer' has no '#### ' marker. Fix: end every GSM8K answer "
+                                  f"with a line '#### N' giving the final number.")
+        final = solution.rsplit("#### ", 1)[1].strip()
+        answer = normalize_number(final)
+        if answer is None:
+            raise DataFormatError(f"{where}: field 'answer' ends with '#### {final}', which is not a number. "
+                                  f"Fix: write the final answer as a number after '#### '.")
+        rows.append({"prompt": [{"role": "user", "content": arithmetic.user_prompt(question)}],
+                     "completion": [{"role": "assistant",
+                                     "content": _CALCULATOR_ANNOTATION.sub("", solution).strip()}],
+                     "answer": answer})
+    return rows
+
+
+def _convert_implicit(records: _Records, conversational: bool) -> list[dict[str, Any]]:
+    from trl import maybe_extract_prompt
+
+    rows = []
+    for index, row in enumerate(records.rows):
+        where = records.where(index)
+        chosen = _check_turns(row["chosen"], "chosen", where)
+        rejected = _check_turns(row["rejected"], "rejected", where)
+        if isinstance(chosen, str) != isinstance(rejected, str):
+            raise DataFormatError(f"{where}: 'chosen' and 'rejected' must both be strings or both be lists of "
+                                  f"messages. Fix: give them the same type.")
+        extracted = maybe_extract_prompt({"chosen": chosen, "rejected": rejected})
+        if not extracted["prompt"]:
+            raise DataFormatError(f"{where}: fields 'chosen' and 'rejected' share no prompt prefix. Fix: add a "
+                                  f"'prompt' column, or repeat the same prompt at the start of both.")
+        rows.append({"prompt": _as_messages(extracted["prompt"], "user", conversational),
+                     "chosen": _as_messages(extracted["chosen"], "assistant", conversational),
+                     "rejected": _as_messages(extracted["rejected"], "assistant", conversational),
+                     **_extra(row)})
+    return rows
+
+
+def _extra(row: dict[str, Any]) -> dict[str, Any]:
+    """The columns kept beside the standard ones: just the gold ``answer`` (as a string)."""
+    if "answer" in row and row["answer"] is not None:
+        return {"answer": str(row["answer"])}
+    return {}
+
+
+def _convert_standard(records: _Records, fmt: str, conversational: bool) -> list[dict[str, Any]]:
+    roles = {"prompt": "user", "completion": "assistant", "chosen": "assistant", "rejected": "assistant"}
+    columns = {"prompt_completion": ("prompt", "completion"), "preference": ("prompt", "chosen", "rejected"),
+               "prompt_only": ("prompt",), "unpaired_preference": ("prompt", "completion"),
+               "messages": ("messages",)}[fmt]
+    rows = []
+    for index, row in enumerate(records.rows):
+        where = records.where(index)
+        values = {column: _check_turns(row[column], column, where) for column in columns}
+        if fmt == "messages":
+            if isinstance(values["messages"], str) or not values["messages"]:
+                raise DataFormatError(f"{where}: field 'messages' must be a non-empty list of messages. Fix: "
+                                      f'give it as [{{"role": "user", "content": "..."}}, ...].')
+            rows.append({"messages": values["messages"], **_extra(row)})
+            continue
+        # TRL needs all the columns of a row to be strings or all conversational: wrap the strings when any
+        # column is conversational, or when asked to.
+        wrap = conversational or any(not isinstance(v, str) for v in values.values())
+        out = {column: _as_messages(value, roles[column], wrap) for column, value in values.items()}
+        if fmt == "unpaired_preference":
+            if not isinstance(row["label"], bool):
+                raise DataFormatError(f"{where}: field 'label' must be true or false, got "
+                                      f"{row['label']!r}. Fix: label desirable completions true and "
+                                      f"undesirable ones false.")
+            out["label"] = row["label"]
+        rows.append({**out, **_extra(row)})
+    return rows
+
+
+def _standardize(records: _Records, conversational: bool) -> tuple[str, list[dict[str, Any]]]:
+    """(detected format, rows in a TRL standard format) of the records."""
+    columns = list(records.rows[0]) if records.rows else []
+    fmt = _detect(columns, records.rows[0] if records.rows else None, records.name)
+    if fmt == "hh_rlhf":
+        rows = _convert_hh(records)
+    elif fmt == "gsm8k":
+        rows = _convert_gsm8k(records)
+    elif fmt == "implicit_preference":
+        rows = _convert_implicit(records, conversational)
+    else:
+        rows = _convert_standard(records, fmt, conversational)
+    if not rows:
+        raise DataFormatError(f"{records.name}: no usable records left after conversion. Fix: check the "
+                              f"warnings above for the records that were skipped.")
+    return fmt, rows
+
+
+def standardize(dataset: Dataset, conversational: bool = True) -> Dataset:
+    """Convert a dataset in any known format (see `detect_format`) to TRL's standard columns.
+
+    hh-rlhf gives ``prompt``/``chosen``/``rejected``; GSM8K gives ``prompt``/``completion``/``answer``; TRL
+    formats keep their columns (an implicit-prompt pair gets its ``prompt`` from `trl.maybe_extract_prompt`).
+    Only the standard columns and ``answer`` are kept.
+
+    Args:
+        dataset (`datasets.Dataset`): as returned by `load_records`.
+        conversational (`bool`): wrap string prompts/completions as ``[{"role": ..., "content": ...}]``.
+
+    Returns:
+        `datasets.Dataset` in a TRL standard format.
+
+    Raises:
+        DataFormatError: for an unknown format or a record of the wrong type (naming the record).
+    """
+    records = _Records(rows=dataset.to_list(), name="dataset")
+    return _to_dataset(_standardize(records, conversational)[1], records.name)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Stage loaders
+# ---------------------------------------------------------------------------------------------------------
+
+def _truncate(dataset: Dataset, max_samples: int | None, seed: int) -> Dataset:
+    if max_samples is None:
+        return dataset
+    if max_samples <= 0:
+        raise ValueError(f"max_samples must be a positive number of examples or None, got {max_samples}")
+    return dataset.shuffle(seed=seed).select(range(min(max_samples, len(dataset))))
+
+
+def _builtin_split(split: str) -> str:
+    if split == "train":
+        return "train"
+    if split in EVAL_SPLITS:
+        return "eval"
+    raise ValueError(f"the built-in task has splits 'train' and 'eval' ({', '.join(EVAL_SPLITS)}), got {split!r}")
+
+
+def _load(source: str, split: str, conversational: bool) -> tuple[str, list[dict[str, Any]], str]:
+    records = _read_records(source, split)
+    fmt, rows = _standardize(records, conversational)
+    return fmt, rows, records.name
+
+
+def load_sft_dataset(source: str, split: str = "train", builtin_size: int = BUILTIN_SIZES["sft"],
+                     max_samples: int | None = None, seed: int = 42, conversational: bool = True) -> Dataset:
+    """SFT data: ``prompt``/``completion`` (+ ``answer`` when the source has one), or ``messages``.
+
+    Preference data (hh-rlhf, prompt/chosen/rejected) gives SFT on the chosen responses; unpaired preference
+    data gives its ``label=True`` completions.
+
+    Args:
+        source (`str`): a file, folder or Hub id (see `load_records`), or ``"builtin"``.
+        split (`str`): the Hub split; for ``"builtin"``, ``"train"`` or an eval split (``"eval"``,
+            ``"test"``, ``"validation"``), which comes from the held-out stream.
+        builtin_size (`int`): number of built-in examples.
+        max_samples (`int`, *optional*): keep the first ``max_samples`` examples after a shuffle with ``seed``.
+        seed (`int`): seed of that shuffle.
+        conversational (`bool`): wrap string prompts/completions as conversations.
+
+    Returns:
+        `datasets.Dataset` in TRL's prompt-completion (or messages) format.
+
+    Raises:
+        DataFormatError: for unreadable data, or data without completions (prompt-only).
+        FileNotFoundError: for a missing local file.
+    """
+    if _is_builtin(source):
+        dataset = arithmetic.sft_dataset(builtin_size, split=_builtin_split(split))
+        return _truncate(dataset, max_samples, seed)
+    fmt, rows, name = _load(source, split, conversational)
+    if fmt in ("hh_rlhf", "preference", "implicit_preference"):
+        rows = [{"prompt": r["prompt"], "completion": r["chosen"], **_extra(r)} for r in rows]
+    elif fmt == "unpaired_preference":
+        rows = [{"prompt": r["prompt"], "completion": r["completion"], **_extra(r)} for r in rows if r["label"]]
+    elif fmt == "prompt_only":
+        raise DataFormatError(f"{name} holds only prompts ({FORMATS['prompt_only']}); SFT needs completions. "
+                              f"Fix: use a dataset with columns {FORMATS['prompt_completion']} or messages.")
+    return _truncate(_to_dataset(rows, name), max_samples, seed)
+
+
+def load_preference_dataset(source: str, split: str = "train", builtin_size: int = BUILTIN_SIZES["preference"],
+                            max_samples: int | None = None, seed: int = 42,
+                            conversational: bool = True) -> Dataset:
+    """Preference pairs: ``prompt``/``chosen``/``rejected`` (+ ``answer`` when the source has one).
+
+    Args:
+        source (`str`): a file, folder or Hub id (see `load_records`), or ``"builtin"``.
+        split (`str`): the Hub split; for ``"builtin"``, ``"train"`` or an eval split.
+        builtin_size (`int`): number of built-in pairs.
+        max_samples (`int`, *optional*): keep the first ``max_samples`` pairs after a shuffle with ``seed``.
+        seed (`int`): seed of that shuffle.
+        conversational (`bool`): wrap string prompts/responses as conversations.
+
+    Returns:
+        `datasets.Dataset` in TRL's (explicit-prompt) preference format.
+
+    Raises:
+        DataFormatError: for unreadable data, or data that is not pairs (hh-rlhf, preference, implicit
+            preference).
+        FileNotFoundError: for a missing local file.
+    """
+    if _is_builtin(source):
+        dataset = arithmetic.preference_dataset(builtin_size, split=_builtin_split(split))
+        return _truncate(dataset, max_samples, seed)
+    fmt, rows, name = _load(source, split, conversational)
+    if fmt not in ("hh_rlhf", "preference", "implicit_preference"):
+        raise DataFormatError(f"{name} is in the {fmt} format ({FORMATS[fmt]}), not preference pairs. Fix: use "
+                              f"a dataset with columns {FORMATS['preference']}, or hh-rlhf transcripts.")
+    return _truncate(_to_dataset(rows, name), max_samples, seed)
+
+
+def _prompt_of_messages(messages: list[dict[str, str]]) -> list[dict[str, str]]:
+    """The conversation up to (not including) its final assistant turn."""
+    if messages[-1]["role"] == "assistant":
+        return messages[:-1]
+    return messages
+
+
+def load_prompt_dataset(source: str, split: str = "train", builtin_size: int = BUILTIN_SIZES["prompt"],
+                        max_samples: int | None = None, seed: int = 42, conversational: bool = True) -> Dataset:
+    """RL prompts: ``prompt`` (+ ``answer`` when the source has one, e.g. GSM8K or the built-in task).
+
+    From SFT or preference data only the prompt is kept; from ``messages`` the conversation up to its final
+    assistant turn.
+
+    Args:
+        source (`str`): a file, folder or Hub id (see `load_records`), or ``"builtin"``.
+        split (`str`): the Hub split; for ``"builtin"``, ``"train"`` or an eval split.
+        builtin_size (`int`): number of built-in prompts.
+        max_samples (`int`, *optional*): keep the first ``max_samples`` prompts after a shuffle with ``seed``.
+        seed (`int`): seed of that shuffle.
+        conversational (`bool`): wrap string prompts as conversations.
+
+    Returns:
+        `datasets.Dataset` in TRL's prompt-only format.
+
+    Raises:
+        DataFormatError: for unreadable data.
+        FileNotFoundError: for a missing local file.
+    """
+    if _is_builtin(source):
+        dataset = arithmetic.prompt_dataset(builtin_size, split=_builtin_split(split))
+        return _truncate(dataset, max_samples, seed)
+    fmt, rows, name = _load(source, split, conversational)
+    if fmt == "messages":
+        rows = [{"prompt": _prompt_of_messages(r["messages"]), **_extra(r)} for r in rows]
+    else:
+        rows = [{"prompt": r["prompt"], **_extra(r)} for r in rows]
+    return _truncate(_to_dataset(rows, name), max_samples, seed)
+
+
+def _eval_amount(eval_size: int | float) -> int | float:
+    """``eval_size`` as a count (`int`) or a fraction in (0, 1) (`float`); 64.0 from a CLI float is 64."""
+    if isinstance(eval_size, bool) or not isinstance(eval_size, (int, float)) or eval_size < 0:
+        raise ValueError(f"eval_size must be a count (>= 1) or a fraction (< 1) of the data, got {eval_size!r}")
+    if eval_size >= 1:
+        if eval_size != int(eval_size):
+            raise ValueError(f"eval_size {eval_size} is neither a whole count (>= 1) nor a fraction (< 1)")
+        return int(eval_size)
+    return float(eval_size) if eval_size > 0 else 0
+
+
+def train_eval_split(dataset: Dataset, eval_size: int | float, seed: int = 42) -> tuple[Dataset, Dataset]:
+    """Deterministic train/eval split with `datasets.Dataset.train_test_split`.
+
+    Args:
+        dataset (`datasets.Dataset`): the data to split.
+        eval_size (`int` or `float`): eval examples: a count (>= 1; a whole float such as ``64.0`` counts),
+            or a fraction of the data (< 1); 0 gives an empty eval set.
+        seed (`int`): shuffle seed; the same seed gives the same split.
+
+    Returns:
+        `tuple[datasets.Dataset, datasets.Dataset]`: ``(train, eval)``.
+
+    Raises:
+        ValueError: when ``eval_size`` is negative, not a whole count, or leaves no training data.
+    """
+    amount = _eval_amount(eval_size)
+    if amount == 0:
+        return dataset, dataset.select([])
+    if isinstance(amount, int) and amount >= len(dataset):
+        raise ValueError(f"eval_size {amount} leaves no training data from {len(dataset)} examples")
+    split = dataset.train_test_split(test_size=amount, seed=seed)
+    return split["train"], split["test"]
+
+
+def load_splits(source: str, kind: str, eval_size: int | float, seed: int = 42, max_samples: int | None = None,
+                split: str = "train", builtin_size: int | None = None,
+                conversational: bool = True) -> tuple[Dataset, Dataset]:
+    """Train and eval sets of one stage: a seeded split of the source, or the built-in held-out stream.
+
+    For ``"builtin"`` the eval set is drawn from the eval stream (`open_rlhf.arithmetic.eval_problems`),
+    whose questions occur in no built-in training stream of ``builtin_size`` problems. For other sources the
+    whole source is split with `train_eval_split`. Either way ``max_samples`` then caps the training set
+    only, so the eval set depends on ``(source, eval_size, seed)`` alone and a run with ``max_samples`` is
+    evaluated on the same examples as a run without (never on examples it trained on).
+
+    Args:
+        source (`str`): a file, folder or Hub id (see `load_records`), or ``"builtin"``.
+        kind (`str`): ``"sft"``, ``"preference"`` or ``"prompt"``: which stage loader to use.
+        eval_size (`int` or `float`): eval examples, a count (>= 1) or a fraction (< 1; of ``builtin_size``
+            for the built-in task); 0 gives an empty eval set.
+        seed (`int`): seed of the split and of the ``max_samples`` shuffle.
+        max_samples (`int`, *optional*): cap on the training set (first N after a shuffle with ``seed``).
+        split (`str`): the Hub split to load (ignored for ``"builtin"``).
+        builtin_size (`int`, *optional*): built-in training size; defaults to `BUILTIN_SIZES` of ``kind``.
+        conversational (`bool`): wrap string prompts/completions as conversations.
+
+    Returns:
+        `tuple[datasets.Dataset, datasets.Dataset]`: ``(train, eval)``.
+
+    Raises:
+        ValueError: for an unknown ``kind`` or a bad ``eval_size``.
+        DataFormatError: for unreadable data (see the stage loaders).
+        FileNotFoundError: for a missing local file.
+    """
+    loaders: dict[str, Callable[..., Dataset]] = {
+        "sft": load_sft_dataset, "preference": load_preference_dataset, "prompt": load_prompt_dataset}
+    if kind not in loaders:
+        raise ValueError(f"kind must be one of {sorted(loaders)}, got {kind!r}")
+    amount = _eval_amount(eval_size)
+    if not _is_builtin(source):
+        dataset = loaders[kind](source, split=split, conversational=conversational)
+        train, evaluation = train_eval_split(dataset, amount, seed)
+        return _truncate(train, max_samples, seed), evaluation
+    size = BUILTIN_SIZES[kind] if builtin_size is None else builtin_size
+    n_eval = amount if isinstance(amount, int) else round(amount * size)
+    train = loaders[kind](source, split="train", builtin_size=size, max_samples=max_samples, seed=seed)
+    make = {"sft": arithmetic.sft_dataset, "preference": arithmetic.preference_dataset,
+            "prompt": arithmetic.prompt_dataset}[kind]
+    evaluation = make(n_eval, split="eval", exclude_size=size) if n_eval else train.select([])
+    return train, evaluation
