@@ -190,7 +190,8 @@ def model_init_kwargs(model_args, training_args=None) -> dict:
 
     QLoRA: ``--load_in_4bit --use_peft`` gives a bitsandbytes NF4 base (works on CPU with bitsandbytes 0.50).
     """
-    from trl import get_kbit_device_map, get_quantization_config
+    from accelerate import PartialState
+    from trl import get_quantization_config
 
     dtype = model_args.dtype
     if dtype not in (None, "auto"):
@@ -200,7 +201,8 @@ def model_init_kwargs(model_args, training_args=None) -> dict:
     quantization_config = get_quantization_config(model_args)
     if quantization_config is not None:
         kwargs["quantization_config"] = quantization_config
-        kwargs["device_map"] = get_kbit_device_map() if torch.cuda.is_available() else {"": "cpu"}
+        # bitsandbytes weights are placed at load time: on this process's GPU, else on the CPU
+        kwargs["device_map"] = {"": PartialState().local_process_index} if torch.cuda.is_available() else {"": "cpu"}
     return {k: v for k, v in kwargs.items() if v is not None}
 
 

@@ -52,7 +52,7 @@ class PipelineArguments:
     eval_batch_size: int = field(default=16, metadata={"help": "Prompts per generation batch."})
     eval_base_model: bool = field(default=True, metadata={"help": "Also evaluate the starting model."})
     report_samples: int = field(default=4, metadata={"help": "Sample generations shown side by side."})
-    data_seed: int = field(default=42, metadata={"help": "Seed of every train/eval split (the same in all stages)."})
+    split_seed: int = field(default=42, metadata={"help": "Seed of every train/eval split (the same in all stages)."})
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -66,7 +66,7 @@ class PipelineArguments:
 def stage_plan(args: PipelineArguments) -> list[tuple[str, list[str]]]:
     """The stages of the run as ``(name, command)``: what `run_pipeline` executes, in order.
 
-    The reward/DPO and PPO stages hold out ``eval_pairs`` pairs and ``eval_prompts`` prompts (same ``data_seed``),
+    The reward/DPO and PPO stages hold out ``eval_pairs`` pairs and ``eval_prompts`` prompts (same ``split_seed``),
     which are exactly the examples the final evaluation uses.
     """
     run = args.run_dir
@@ -75,7 +75,7 @@ def stage_plan(args: PipelineArguments) -> list[tuple[str, list[str]]]:
 
     def cmd(script, config, dataset, out, extra, *more):
         return py + [str(REPO_ROOT / "scripts" / script), "--config", config, "--dataset_name", dataset,
-                     "--output_dir", str(run / out), "--data_seed", str(args.data_seed), *more, *shlex.split(extra)]
+                     "--output_dir", str(run / out), "--split_seed", str(args.split_seed), *more, *shlex.split(extra)]
 
     sft = ("sft", cmd("train_sft.py", args.sft_config, args.sft_dataset, "sft", args.sft_args, *start))
     sft_path = ["--model_name_or_path", str(run / "sft")]

@@ -37,7 +37,7 @@ def _policy_stage(args) -> str:
 def evaluate_run(args) -> dict:
     """Evaluate the base, SFT and final policies of a run on held-out prompts, and the reward model on pairs.
 
-    The held-out prompts and pairs are the eval splits the stages kept out of training (same ``data_seed``).
+    The held-out prompts and pairs are the eval splits the stages kept out of training (same ``split_seed``).
 
     Returns:
         dict: ``policies`` (per policy: accuracy, reward_score, response_length, eos_rate), ``kl_vs_sft``,
@@ -50,7 +50,7 @@ def evaluate_run(args) -> dict:
 
     run = args.run_dir
     _, prompts_ds = data.load_splits(args.eval_dataset or args.rl_dataset, "prompt", eval_size=args.eval_prompts,
-                                     seed=args.data_seed)
+                                     seed=args.split_seed)
     prompts = list(prompts_ds["prompt"])
     answers = list(prompts_ds["answer"]) if "answer" in prompts_ds.column_names else None
     final = _policy_stage(args)
@@ -65,7 +65,7 @@ def evaluate_run(args) -> dict:
         rm_tokenizer = models.load_tokenizer(rm_path, padding_side="right")
         scorer = RewardModelScorer(models.load_scalar_head_model(rm_path, rm_tokenizer.pad_token_id), rm_tokenizer)
         _, pairs = data.load_splits(args.preference_dataset, "preference", eval_size=args.eval_pairs,
-                                    seed=args.data_seed)
+                                    seed=args.split_seed)
         results["reward_model"] = evaluation.reward_model_accuracy(scorer, pairs)
 
     loaded = {}

@@ -30,11 +30,18 @@ def normalize_number(text: str) -> str | None:
     cleaned = text.strip().replace(",", "").replace("$", "").rstrip(".")
     if not cleaned:
         return None
+    if "/" in cleaned:  # Fraction would parse "a/b"; a fraction is not a number *written* in an answer
+        return None
     try:
         value = Fraction(cleaned)
     except ValueError:
         return None
-    return str(value.numerator) if value.denominator == 1 else str(float(value))
+    if value.denominator == 1:
+        return str(value.numerator)
+    try:
+        return str(float(value))
+    except OverflowError:
+        return None
 
 
 def extract_final_answer(text: str) -> str | None:

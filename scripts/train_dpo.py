@@ -7,10 +7,10 @@ The reference model is the starting policy (a frozen copy, or the adapter-disabl
     accelerate launch --config_file config/accelerate/multi_gpu.yaml scripts/train_dpo.py --config config/dpo/default.yaml
 """
 
-from trl import DPOConfig, DPOTrainer, ModelConfig, TrlParser, get_peft_config
+from trl import DPOTrainer, ModelConfig, TrlParser, get_peft_config
 
 from open_rlhf import data, models, stages
-from open_rlhf.config import ScriptArguments
+from open_rlhf.config import DPOConfig, ScriptArguments
 
 
 def main(script_args: ScriptArguments, training_args: DPOConfig, model_args: ModelConfig) -> None:
@@ -26,7 +26,7 @@ def main(script_args: ScriptArguments, training_args: DPOConfig, model_args: Mod
 
     # Data
     train_dataset, eval_dataset = data.load_splits(
-        script_args.dataset_name, "preference", eval_size=script_args.eval_size, seed=script_args.data_seed,
+        script_args.dataset_name, "preference", eval_size=script_args.eval_size, seed=script_args.split_seed,
         max_samples=script_args.max_train_samples)
 
     # Train

@@ -35,7 +35,7 @@ def main(script_args: ScriptArguments, training_args: PPOConfig, model_args: Mod
     # Data: prompts (+ gold answers for the verifiable reward)
     # (the eval split is held out, not trained on: the pipeline's final evaluation uses exactly those prompts)
     train_dataset, _ = data.load_splits(script_args.dataset_name, "prompt", eval_size=script_args.eval_size,
-                                        seed=script_args.data_seed, max_samples=script_args.max_train_samples)
+                                        seed=script_args.split_seed, max_samples=script_args.max_train_samples)
     if training_args.reward_model_path is None and "answer" not in train_dataset.column_names:
         raise ValueError(f"Dataset {script_args.dataset_name!r} has no 'answer' column, which the verifiable reward "
                          "needs. Pass --reward_model_path, or use data with gold answers (builtin, GSM8K).")

@@ -9,10 +9,10 @@ head is new; the backbone starts from ``--model_name_or_path`` (usually the SFT 
     accelerate launch --config_file config/accelerate/multi_gpu.yaml scripts/train_reward.py --config config/reward/default.yaml
 """
 
-from trl import ModelConfig, RewardConfig, RewardTrainer, TrlParser, get_peft_config
+from trl import ModelConfig, RewardTrainer, TrlParser, get_peft_config
 
 from open_rlhf import data, models, stages
-from open_rlhf.config import ScriptArguments
+from open_rlhf.config import RewardConfig, ScriptArguments
 
 
 def main(script_args: ScriptArguments, training_args: RewardConfig, model_args: ModelConfig) -> None:
@@ -29,7 +29,7 @@ def main(script_args: ScriptArguments, training_args: RewardConfig, model_args: 
 
     # Data
     train_dataset, eval_dataset = data.load_splits(
-        script_args.dataset_name, "preference", eval_size=script_args.eval_size, seed=script_args.data_seed,
+        script_args.dataset_name, "preference", eval_size=script_args.eval_size, seed=script_args.split_seed,
         max_samples=script_args.max_train_samples)
 
     # Train

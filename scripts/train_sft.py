@@ -10,10 +10,10 @@ assistant's completion including its end-of-turn token, so the tuned model learn
     accelerate launch --config_file config/accelerate/multi_gpu.yaml scripts/train_sft.py --config config/sft/default.yaml
 """
 
-from trl import ModelConfig, SFTConfig, SFTTrainer, TrlParser, get_peft_config
+from trl import ModelConfig, SFTTrainer, TrlParser, get_peft_config
 
 from open_rlhf import data, models, stages
-from open_rlhf.config import ScriptArguments
+from open_rlhf.config import ScriptArguments, SFTConfig
 
 
 def main(script_args: ScriptArguments, training_args: SFTConfig, model_args: ModelConfig) -> None:
@@ -29,7 +29,7 @@ def main(script_args: ScriptArguments, training_args: SFTConfig, model_args: Mod
 
     # Data
     train_dataset, eval_dataset = data.load_splits(
-        script_args.dataset_name, "sft", eval_size=script_args.eval_size, seed=script_args.data_seed,
+        script_args.dataset_name, "sft", eval_size=script_args.eval_size, seed=script_args.split_seed,
         max_samples=script_args.max_train_samples)
 
     # Train
