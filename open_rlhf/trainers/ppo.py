@@ -708,7 +708,7 @@ class PPOTrainer:
             self.log_history.append(log)
             if self.accelerator.is_main_process and args.logging_steps and self.global_step % max(
                     1, int(args.logging_steps)) == 0:
-                bar.write(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in log.items()}))
+                bar.write(json.dumps({k: float(f"{v:.4g}") if isinstance(v, float) else v for k, v in log.items()}))
                 for text in data["texts"][: args.num_sample_generations]:
                     bar.write(f"  sample: {text[:200]!r}")
             bar.set_postfix(score=f"{log['objective/scores']:.3f}", kl=f"{mean_kl:.3f}")

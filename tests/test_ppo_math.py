@@ -1,0 +1,124 @@
+"""PPO's pure functions against hand-computed values (arithmetic in each docstring)."""
+
+import math
+
+import pytest
+import torch
+
+from open_rlhf.trainers.ppo import (
+    AdaptiveKLController,
+    compute_gae,
+    compute_rewards,
+    masked_mean,
+    masked_whiten,
+    per_token_kl,
+    ppo_policy_loss,
+    ppo_value_loss,
+    response_mask_after_eos,
+)
+
+
+def test_response_mask_keeps_tokens_up_to_first_eos():
+    """EOS id 2. Row 0: EOS at index 1 -> tokens 0,1 valid. Row 1: no EOS -> all valid. Row 2: EOS first."""
+    responses = torch.tensor([[5, 2, 7, 2], [5, 6, 7, 8], [2, 2, 2, 2]])
+    mask, has_eos = response_mask_after_eos(responses, 2)
+    assert mask.tolist() == [[True, True, False, False], [True, True, True, True], [True, False, False, False]]
+    assert has_eos.tolist() == [True, False, True]
+    mask, _ = response_mask_after_eos(responses, [7, 2])  # several stop ids: the first of any
+    assert mask[1].tolist() == [True, True, True, False]
+
+
+def test_compute_rewards_places_score_on_last_valid_token():
+    """beta = 0.1, logp - ref = [0.5, -0.2, 0.3] with mask [1, 1, 0], score 2.0.
+
+    kl = [0.5, -0.2, 0] ; rewards = -0.1 * kl = [-0.05, 0.02, 0] ; score on index 1: [-0.05, 2.02, 0].
+    """
+    logprobs = torch.tensor([[-1.0, -2.0, -0.5]])
+    ref = torch.tensor([[-1.5, -1.8, -0.8]])
+    mask = torch.tensor([[1.0, 1.0, 0.0]])
+    rewards, kl = compute_rewards(torch.tensor([2.0]), logprobs, ref, mask, kl_coef=0.1)
+    torch.testing.assert_close(kl, torch.tensor([[0.5, -0.2, 0.0]]))
+    torch.testing.assert_close(rewards, torch.tensor([[-0.05, 2.02, 0.0]]))
+
+
+def test_k3_estimator():
+    """log r = ref - logp = -0.5: k3 = (e^-0.5 - 1) - (-0.5) = 0.60653 - 1 + 0.5 = 0.10653 (>= 0)."""
+    kl = per_token_kl(torch.tensor([-1.0]), torch.tensor([-1.5]), "k3")
+    assert kl.item() == pytest.approx(math.exp(-0.5) - 1 + 0.5, abs=1e-6)
+    with pytest.raises(ValueError, match="k1"):
+        per_token_kl(torch.tensor([0.0]), torch.tensor([0.0]), "k2")
+
+
+def test_gae_hand_computed():
+    """gamma = 0.9, lam = 0.8, rewards [0, 0, 1], values [0.5, 0.6, 0.7], all valid; V after the end = 0.
+
+    delta_2 = 1 + 0.9*0 - 0.7 = 0.3                   A_2 = 0.3
+    delta_1 = 0 + 0.9*0.7 - 0.6 = 0.03                A_1 = 0.03 + 0.72*0.3 = 0.246
+    delta_0 = 0 + 0.9*0.6 - 0.5 = 0.04                A_0 = 0.04 + 0.72*0.246 = 0.21712
+    returns = A + V = [0.71712, 0.846, 1.0]
+    """
+    rewards = torch.tensor([[0.0, 0.0, 1.0]])
+    values = torch.tensor([[0.5, 0.6, 0.7]])
+    adv, ret = compute_gae(rewards, values, torch.ones(1, 3), gamma=0.9, lam=0.8)
+    torch.testing.assert_close(adv, torch.tensor([[0.21712, 0.246, 0.3]]))
+    torch.testing.assert_close(ret, torch.tensor([[0.71712, 0.846, 1.0]]))
+
+
+def test_gae_treats_tokens_after_the_end_as_terminal():
+    """mask [1, 1, 0]: the value at index 2 (padding, 5.0) must not be bootstrapped from.
+
+    gamma = lam = 1, rewards [0, 1, 9(padding)], values [0.2, 0.4, 5.0]:
+    delta_1 = 1 + 0 - 0.4 = 0.6 ; A_1 = 0.6 ; delta_0 = 0 + 0.4 - 0.2 = 0.2 ; A_0 = 0.2 + 0.6 = 0.8.
+    """
+    adv, ret = compute_gae(torch.tensor([[0.0, 1.0, 9.0]]), torch.tensor([[0.2, 0.4, 5.0]]),
+                           torch.tensor([[1.0, 1.0, 0.0]]), gamma=1.0, lam=1.0)
+    torch.testing.assert_close(adv, torch.tensor([[0.8, 0.6, 0.0]]))
+    torch.testing.assert_close(ret, torch.tensor([[1.0, 1.0, 0.0]]))
+
+
+def test_masked_whiten():
+    """values [1, 2, 3, 100(masked)]: mean 2, unbiased var 1 -> [-1, 0, 1, 0]."""
+    out = masked_whiten(torch.tensor([1.0, 2.0, 3.0, 100.0]), torch.tensor([1.0, 1.0, 1.0, 0.0]))
+    torch.testing.assert_close(out, torch.tensor([-1.0, 0.0, 1.0, 0.0]), atol=1e-4, rtol=0)
+    assert masked_mean(torch.tensor([1.0, 3.0, 50.0]), torch.tensor([1, 1, 0])).item() == 2.0
+
+
+def test_policy_loss_clipping_hand_computed():
+    """eps = 0.2. Token 0: A = 1, ratio e^0.5 = 1.6487 -> clipped to 1.2: max(-1.6487, -1.2) = -1.2 (clipped).
+    Token 1: A = -1, ratio e^-0.5 = 0.6065 -> clip 0.8: max(0.6065, 0.8) = 0.8 (clipped).
+    Token 2: A = 2, ratio 1 -> -2 (not clipped).  loss = mean(-1.2, 0.8, -2) = -0.8;  clipfrac = 2/3;
+    approxkl = 0.5 * mean(0.25, 0.25, 0) = 1/12.
+    """
+    old = torch.zeros(1, 3)
+    new = torch.tensor([[0.5, -0.5, 0.0]], requires_grad=True)
+    adv = torch.tensor([[1.0, -1.0, 2.0]])
+    loss, stats = ppo_policy_loss(new, old, adv, torch.ones(1, 3), cliprange=0.2)
+    assert loss.item() == pytest.approx(-0.8, abs=1e-6)
+    assert stats["clipfrac"].item() == pytest.approx(2 / 3)
+    assert stats["approxkl"].item() == pytest.approx(1 / 12)
+    loss.backward()
+    # clipped tokens get no gradient; the unclipped one gets d(-A*ratio)/dlogp / 3 = -2/3
+    torch.testing.assert_close(new.grad, torch.tensor([[0.0, 0.0, -2 / 3]]))
+
+
+def test_value_loss_clipping_hand_computed():
+    """eps_v = 0.2, old V = [0, 0], new V = [1, 0.1], returns G = [0.5, 1].
+    Token 0: unclipped (1-0.5)^2 = 0.25; clipped V = 0.2 -> (0.2-0.5)^2 = 0.09 -> max 0.25.
+    Token 1: unclipped (0.1-1)^2 = 0.81; clipped V = 0.1 (inside) -> 0.81.  loss = 0.5 * mean(0.25, 0.81) = 0.265.
+    clipfrac: clipped > unclipped nowhere -> 0;  error = mean(0.25, 0.81) = 0.53.
+    """
+    loss, stats = ppo_value_loss(torch.tensor([[1.0, 0.1]]), torch.zeros(1, 2), torch.tensor([[0.5, 1.0]]),
+                                 torch.ones(1, 2), cliprange_value=0.2)
+    assert loss.item() == pytest.approx(0.265)
+    assert stats["clipfrac"].item() == 0.0
+    assert stats["error"].item() == pytest.approx(0.53)
+
+
+def test_adaptive_kl_controller():
+    """target 6, horizon 10000, beta 0.1. KL 9: e = clip(9/6 - 1, ±0.2) = 0.2; beta *= 1 + 0.2*100/10000 -> 0.1002.
+    Then KL 3: e = -0.5 -> -0.2; beta *= 1 - 0.002 -> 0.1002 * 0.998 = 0.0999996."""
+    ctl = AdaptiveKLController(0.1, target=6.0, horizon=10000)
+    ctl.update(9.0, 100)
+    assert ctl.value == pytest.approx(0.1002)
+    ctl.update(3.0, 100)
+    assert ctl.value == pytest.approx(0.1002 * 0.998)
