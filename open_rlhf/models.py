@@ -185,7 +185,7 @@ def load_tokenizer(model_name_or_path: str, padding_side: str = "left"):
     return tokenizer
 
 
-def model_init_kwargs(model_args, training_args=None) -> dict:
+def model_init_kwargs(model_args) -> dict:
     """`from_pretrained` kwargs from TRL's `ModelConfig`: dtype, attention, revision, 4/8-bit quantization.
 
     QLoRA: ``--load_in_4bit --use_peft`` gives a bitsandbytes NF4 base (works on CPU with bitsandbytes 0.50).

@@ -43,8 +43,6 @@ def evaluate_run(args) -> dict:
         dict: ``policies`` (per policy: accuracy, reward_score, response_length, eos_rate), ``kl_vs_sft``,
         ``reward_model`` (held-out accuracy and margins), ``samples`` (prompt, gold answer, each policy's text).
     """
-    import torch
-
     from open_rlhf import evaluation, models
     from open_rlhf.rewards import RewardModelScorer
 
@@ -84,7 +82,6 @@ def evaluate_run(args) -> dict:
         loaded[final], loaded["sft"], tokenizer, prompts, args.eval_max_new_tokens, args.eval_batch_size)
     print(f"eval KL({final} || sft) = {results['kl_vs_sft'][final]:.3f} nats", flush=True)
     del loaded
-    torch.cuda.empty_cache() if torch.cuda.is_available() else None
 
     results["samples"] = [
         {"prompt": prompts[i][-1]["content"], "answer": answers[i] if answers else None,

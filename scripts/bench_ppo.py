@@ -12,7 +12,6 @@ same process. Rows are appended to ``bench_results/bench_ppo.csv``.
 import tempfile
 from dataclasses import dataclass, field
 
-import torch
 from trl import ModelConfig, TrlParser
 
 from open_rlhf import data, models
@@ -63,7 +62,6 @@ def main(args: BenchPPOArguments, model_args: ModelConfig) -> None:
     rows = []
     for setting in args.settings:
         rows.append(bench_setting(setting, args, model_path))
-        torch.cuda.empty_cache() if torch.cuda.is_available() else None
     base = rows[0]
     for row in rows:
         row["step_vs_base"] = row["step_s"] / base["step_s"]
