@@ -724,7 +724,7 @@ def train_eval_split(dataset: Dataset, eval_size: int | float, seed: int = 42) -
         seed (`int`): shuffle seed; the same seed gives the same split.
 
     Returns:
-        `tuple[datasets.Dataset, datasets.Dataset]`: ``(train, eval)``.
+        `tuple[datasets.Dataset, datasets.Dataset | None]`: ``(train, eval)``; eval is None for ``eval_size=0``.
 
     Raises:
         ValueError: when ``eval_size`` is negative, not a whole count, or leaves no training data.
@@ -753,7 +753,7 @@ def load_splits(source: str, kind: str, eval_size: int | float, seed: int = 42, 
         source (`str`): a file, folder or Hub id (see `load_records`), or ``"builtin"``.
         kind (`str`): ``"sft"``, ``"preference"`` or ``"prompt"``: which stage loader to use.
         eval_size (`int` or `float`): eval examples, a count (>= 1) or a fraction (< 1; of ``builtin_size``
-            for the built-in task); 0 gives an empty eval set.
+            for the built-in task); 0 gives no eval set (None), which trainers take as "no evaluation".
         seed (`int`): seed of the split and of the ``max_samples`` shuffle.
         max_samples (`int`, *optional*): cap on the training set (first N after a shuffle with ``seed``).
         split (`str`): the Hub split to load (ignored for ``"builtin"``).
@@ -761,7 +761,7 @@ def load_splits(source: str, kind: str, eval_size: int | float, seed: int = 42, 
         conversational (`bool`): wrap string prompts/completions as conversations.
 
     Returns:
-        `tuple[datasets.Dataset, datasets.Dataset]`: ``(train, eval)``.
+        `tuple[datasets.Dataset, datasets.Dataset | None]`: ``(train, eval)``; eval is None for ``eval_size=0``.
 
     Raises:
         ValueError: for an unknown ``kind`` or a bad ``eval_size``.
@@ -776,11 +776,10 @@ def load_splits(source: str, kind: str, eval_size: int | float, seed: int = 42, 
     if not _is_builtin(source):
         dataset = loaders[kind](source, split=split, conversational=conversational)
         train, evaluation = train_eval_split(dataset, amount, seed)
-        return _truncate(train, max_samples, seed), evaluation
+        return _truncate(train, max_samples, seed), evaluation if len(evaluation) else None
     size = BUILTIN_SIZES[kind] if builtin_size is None else builtin_size
     n_eval = amount if isinstance(amount, int) else round(amount * size)
     train = loaders[kind](source, split="train", builtin_size=size, max_samples=max_samples, seed=seed)
     make = {"sft": arithmetic.sft_dataset, "preference": arithmetic.preference_dataset,
             "prompt": arithmetic.prompt_dataset}[kind]
-    evaluation = make(n_eval, split="eval", exclude_size=size) if n_eval else train.select([])
-    return train, evaluation
+    return train, make(n_eval, split="eval", exclude_size=size) if n_eval else None

@@ -42,7 +42,7 @@ def bench_setting(setting: str, args: BenchPPOArguments, model_path: str) -> dic
     config = PPOConfig(output_dir=tempfile.mkdtemp(), per_device_train_batch_size=min(batch, 8),
                        gradient_accumulation_steps=max(1, batch // 8), response_length=length,
                        num_ppo_epochs=args.num_ppo_epochs, max_steps=args.steps + args.warmup, save_strategy="no",
-                       num_sample_generations=0, logging_steps=0, bf16=args.bf16, report_to="none")
+                       num_sample_generations=0, logging_strategy="no", bf16=args.bf16, report_to="none")
     trainer = PPOTrainer(config, tokenizer, policy, ref, models.load_reward_functions(None), value, prompts)
     with PeakMemory() as memory:
         history = trainer.train()

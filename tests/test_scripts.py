@@ -178,3 +178,18 @@ def test_unknown_yaml_key_is_an_error(tmp_path):
     bad.write_text("max_steps: 2\nlerning_rate: 1.0e-5\n")
     with pytest.raises(ValueError, match="lerning_rate"):
         load_script("train_sft").make_parser().parse_args_and_config(args=["--config", str(bad)])
+
+
+def test_sft_with_qlora_and_no_eval_set(tmp_path, tiny_model_dir):
+    """--use_peft --load_in_4bit: LoRA on a bitsandbytes NF4 base, on the CPU; --eval_size 0 means no eval set."""
+    import bitsandbytes as bnb
+    from trl import ModelConfig
+
+    from open_rlhf.models import load_causal_lm
+
+    model = load_causal_lm(str(tiny_model_dir), ModelConfig(load_in_4bit=True))
+    assert isinstance(model.model.layers[0].self_attn.q_proj, bnb.nn.Linear4bit)
+    run("train_sft", ["--model_name_or_path", str(tiny_model_dir), "--output_dir", str(tmp_path), "--max_steps", "1",
+                      "--use_peft", "--load_in_4bit", "--lora_r", "4", "--lora_target_modules", "q_proj", "v_proj",
+                      *COMMON, "--eval_size", "0"])
+    assert (tmp_path / "adapter_model.safetensors").is_file() and math.isfinite(final_loss(tmp_path))

@@ -62,7 +62,9 @@ def compare_merges(inputs: dict[str, str], base_model: str, output_dir: str | Pa
     for name, method, kwargs in merges:
         folder = output_dir / name.replace(" ", "_").replace("=", "")
         if not (folder / "merge_record.json").is_file():
-            merge_models(list(inputs.values()), folder, method, base_model=base_model, **kwargs)
+            # linear and slerp interpolate the models themselves; the others merge task vectors against the base
+            base = {} if method in ("linear", "slerp") else {"base_model": base_model}
+            merge_models(list(inputs.values()), folder, method, **base, **kwargs)
         candidates.append((name, method, str(folder)))
 
     rows = []
