@@ -51,3 +51,14 @@ def test_pipeline_runs_reports_and_skips_finished_stages(tmp_path, tiny_model_di
     out = capsys.readouterr().out
     assert out.count("already finished") == 3 and "evaluation: already done" in out
     assert {p: p.stat().st_mtime_ns for p in run.glob("*/model.safetensors")} == mtimes
+
+
+def test_dpo_pipeline_reports_without_a_reward_model(tmp_path, tiny_model_dir):
+    """--method dpo: SFT -> DPO; the report compares base, SFT and DPO by accuracy and KL (no reward model)."""
+    args = tiny_args(tmp_path, tiny_model_dir, method="dpo")
+    args.eval_base_model = False
+    text = run_pipeline(args).read_text()
+    results = json.loads((tmp_path / "tiny" / "eval" / "results.json").read_text())
+    assert set(results["policies"]) == {"sft", "dpo"} and results["reward_model"] is None
+    assert results["policies"]["dpo"]["reward_score"] is None and "dpo" in results["kl_vs_sft"]
+    assert "| dpo |" in text and "Reward model" not in text
