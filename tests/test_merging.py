@@ -77,15 +77,6 @@ def perturbed(model, seed: int, std: float = 0.002):
 
 
 @pytest.fixture(scope="module")
-def tokenizer():
-    from transformers import AutoTokenizer
-
-    from open_rlhf.models import ensure_default_model
-
-    return AutoTokenizer.from_pretrained(ensure_default_model())
-
-
-@pytest.fixture(scope="module")
 def tiny(tmp_path_factory, tokenizer):
     """Saved tiny models: base, two fine-tunes of it, an unrelated model, a bf16 copy, other shapes/keys."""
     root = tmp_path_factory.mktemp("tiny")
@@ -618,3 +609,30 @@ def test_ties_against_mergekit_run_merge(tiny, tmp_path):
     assert set(theirs) == set(mine)
     for name in mine:
         torch.testing.assert_close(mine[name], theirs[name], rtol=1e-6, atol=1e-7, msg=name)
+
+
+def test_greedy_soup_from_the_command_line(tmp_path, tiny_model_dir, tokenizer):
+    """--method greedy_soup scores soups by held-out accuracy. Random tiny models all score 0, so with the
+    paper's '>=' rule both candidates join and the soup is their plain average, written as a loadable model."""
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    folders = []
+    for seed in (1, 2):
+        model = perturbed(base, seed, std=0.01)
+        model.save_pretrained(tmp_path / f"ft{seed}")
+        tokenizer.save_pretrained(tmp_path / f"ft{seed}")
+        folders.append(str(tmp_path / f"ft{seed}"))
+    script = _script()
+    (args,) = script.make_parser().parse_args_and_config(
+        ["--models", *folders, "--method", "greedy_soup", "--eval_prompts", "2", "--output_dir",
+         str(tmp_path / "soup")])
+    script.main(args)
+    record = json.loads((tmp_path / "soup" / "merge_record.json").read_text())
+    assert record["method"] == "greedy_soup" and sorted(record["ingredients"]) == [0, 1]
+    assert record["individual_scores"] == [0.0, 0.0] and [t["accepted"] for t in record["trials"]] == [True, True]
+    soup = AutoModelForCausalLM.from_pretrained(tmp_path / "soup").state_dict()
+    a = AutoModelForCausalLM.from_pretrained(folders[0]).state_dict()
+    b = AutoModelForCausalLM.from_pretrained(folders[1]).state_dict()
+    for name in ("model.layers.0.self_attn.q_proj.weight", "model.embed_tokens.weight"):
+        torch.testing.assert_close(soup[name], (a[name] + b[name]) / 2)

@@ -10,6 +10,9 @@ from typing import Literal
 from open_rlhf.merging.merge import DEFAULT_MAX_RELATIVE_DISTANCE, merge_models
 from open_rlhf.merging.methods import SLERP_DOT_THRESHOLD
 
+# Fields of MergeArguments that only `--method greedy_soup` uses (not arguments of `merge_models`)
+GREEDY_SOUP_FIELDS = ("eval_dataset", "eval_prompts", "split_seed", "tolerance")
+
 
 @dataclass
 class MergeArguments:
@@ -25,8 +28,8 @@ class MergeArguments:
         "help": "Shared base model folder (or 'default'): required by task_arithmetic/ties/dare_* and by LoRA "
                 "adapter inputs; not used otherwise."})
     # Method
-    method: Literal["linear", "task_arithmetic", "ties", "dare_linear", "dare_ties", "slerp"] = field(
-        default="linear", metadata={"help": "Merge method."})
+    method: Literal["linear", "task_arithmetic", "ties", "dare_linear", "dare_ties", "slerp", "greedy_soup"] = field(
+        default="linear", metadata={"help": "Merge method. greedy_soup scores soups by held-out task accuracy."})
     weights: list[float] | None = field(default=None, metadata={
         "help": "One weight per model (default all 1). linear divides by their sum unless --normalize false."})
     normalize: bool = field(default=True, metadata={"help": "linear: divide by the sum of weights."})
@@ -54,6 +57,13 @@ class MergeArguments:
         "help": "Folder to copy config and tokenizer from (default: base model, else the first model)."})
     max_shard_size_mb: float = field(default=5000, metadata={
         "help": "Shard size limit of the output (MB); smaller shards lower peak memory."})
+    # greedy_soup only: the held-out accuracy that decides which ingredients stay
+    eval_dataset: str = field(default="builtin", metadata={
+        "help": "greedy_soup: held-out prompts with gold answers (builtin, or GSM8K-style data)."})
+    eval_prompts: int = field(default=32, metadata={"help": "greedy_soup: number of held-out prompts."})
+    split_seed: int = field(default=42, metadata={"help": "greedy_soup: the pipeline's split seed."})
+    tolerance: float = field(default=0.0, metadata={
+        "help": "greedy_soup: minimum accuracy gain for a candidate to be added (0: not worse)."})
 
 
 def _resolve(path: str | None) -> str | None:
@@ -70,7 +80,13 @@ def merge_from_arguments(args: MergeArguments) -> Path:
     Returns:
         `Path`: the created output folder.
     """
-    kwargs = dataclasses.asdict(args)
+    if args.method == "greedy_soup":
+        from open_rlhf.merging.soup import greedy_soup_from_folders
+
+        greedy_soup_from_folders([_resolve(m) for m in args.models], args.output_dir, args.eval_dataset,
+                                 args.eval_prompts, args.split_seed, tolerance=args.tolerance)
+        return Path(args.output_dir)
+    kwargs = {k: v for k, v in dataclasses.asdict(args).items() if k not in GREEDY_SOUP_FIELDS}
     kwargs["models"] = [_resolve(m) for m in args.models]
     kwargs["base_model"] = _resolve(args.base_model)
     kwargs["tokenizer_source"] = _resolve(args.tokenizer_source)

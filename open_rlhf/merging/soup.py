@@ -96,3 +96,59 @@ def greedy_soup(candidates: Sequence[StateDict], eval_fn: Callable[[dict[str, to
         del trial_total
     return GreedySoupResult(state_dict=_average(total, len(ingredients), dtypes), individual_scores=individual,
                             order=order, ingredients=ingredients, trials=trials, score=best_score)
+
+
+def greedy_soup_from_folders(models: Sequence[str], output_dir: str, eval_dataset: str = "builtin",
+                             eval_prompts: int = 32, split_seed: int = 42, max_new_tokens: int = 96,
+                             tolerance: float = 0.0) -> GreedySoupResult:
+    """Greedy soup of saved model folders, scored by held-out task accuracy (what ``scripts/merge.py
+    --method greedy_soup`` runs).
+
+    The eval function loads each trial soup into one model and measures greedy-decoding accuracy of the
+    ``#### N`` answer on the ``eval_prompts`` held-out prompts of ``eval_dataset`` (the pipeline's evaluation
+    split, so use prompts the candidates were not trained on). The soup is written like any merge:
+    ``model.safetensors``, config, tokenizer, and ``merge_record.json`` with the trials.
+
+    Args:
+        models (sequence of `str`): N >= 1 full-model folders of one architecture (LoRA adapters: merge them
+            onto their base first).
+        output_dir (`str`): the folder to create; it must not exist.
+        eval_dataset, eval_prompts, split_seed: held-out prompts with gold answers (see `open_rlhf.data.load_splits`).
+
+    Returns:
+        `GreedySoupResult`.
+
+    Raises:
+        FileExistsError: when ``output_dir`` exists. ValueError: when the eval data has no gold ``answer``.
+    """
+    import json
+
+    from safetensors.torch import save_file
+
+    from open_rlhf import data, evaluation
+    from open_rlhf import models as model_io
+    from open_rlhf.merging.io import atomic_output_dir, copy_aux_files, open_checkpoint
+
+    _, prompts_ds = data.load_splits(eval_dataset, "prompt", eval_size=eval_prompts, seed=split_seed)
+    if "answer" not in prompts_ds.column_names:
+        raise ValueError(f"greedy_soup scores by accuracy, but {eval_dataset!r} has no gold 'answer' column. Use "
+                         "the built-in task or GSM8K-style data.")
+    tokenizer = model_io.load_tokenizer(models[0])
+    model = model_io.load_causal_lm(models[0])
+
+    def accuracy(state_dict) -> float:
+        model.load_state_dict(state_dict, strict=False)  # tied lm_head may be absent from the file
+        return evaluation.evaluate_policy(model, tokenizer, list(prompts_ds["prompt"]), list(prompts_ds["answer"]),
+                                          max_new_tokens=max_new_tokens)["accuracy"]
+
+    result = greedy_soup([open_checkpoint(m) for m in models], accuracy, tolerance)
+    with atomic_output_dir(output_dir) as tmp:
+        save_file({k: v.contiguous() for k, v in result.state_dict.items()}, str(tmp / "model.safetensors"),
+                  metadata={"format": "pt"})
+        copy_aux_files(models[0], tmp)
+        record = {"method": "greedy_soup", "models": [str(m) for m in models], "eval_dataset": eval_dataset,
+                  "eval_prompts": eval_prompts, "split_seed": split_seed, "tolerance": tolerance,
+                  "individual_scores": result.individual_scores, "ingredients": result.ingredients,
+                  "trials": result.trials, "score": result.score}
+        (tmp / "merge_record.json").write_text(json.dumps(record, indent=2) + "\n")
+    return result
