@@ -7,6 +7,7 @@ The reference model is the starting policy (a frozen copy, or the adapter-disabl
     accelerate launch --config_file config/accelerate/multi_gpu.yaml scripts/train_dpo.py --config config/dpo/default.yaml
 """
 
+from transformers import set_seed
 from trl import DPOTrainer, ModelConfig, TrlParser, get_peft_config
 
 from open_rlhf import data, models, stages
@@ -14,8 +15,9 @@ from open_rlhf.config import DPOConfig, ScriptArguments
 
 
 def main(script_args: ScriptArguments, training_args: DPOConfig, model_args: ModelConfig) -> None:
-    # Output dir and resume
+    # Output dir, resume, seed (before any model is built: a new reward/value head is randomly initialised)
     last_checkpoint = stages.prepare_output_dir(training_args.output_dir)
+    set_seed(training_args.seed)
 
     # Model and tokenizer
     model_path = models.resolve_model_path(model_args.model_name_or_path)

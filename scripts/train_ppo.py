@@ -12,6 +12,7 @@ switches to a trained reward model.
     accelerate launch --config_file config/accelerate/multi_gpu.yaml scripts/train_ppo.py --config config/ppo/default.yaml
 """
 
+from transformers import set_seed
 from trl import ModelConfig, TrlParser
 
 from open_rlhf import data, models, stages
@@ -20,8 +21,9 @@ from open_rlhf.trainers.ppo import PPOConfig, PPOTrainer
 
 
 def main(script_args: ScriptArguments, training_args: PPOConfig, model_args: ModelConfig) -> None:
-    # Output dir and resume
+    # Output dir, resume, seed (before any model is built: a new reward/value head is randomly initialised)
     last_checkpoint = stages.prepare_output_dir(training_args.output_dir)
+    set_seed(training_args.seed)
 
     # Models: policy, reference, reward, value
     policy, ref_model, tokenizer, model_path = models.load_policy_and_reference(

@@ -9,6 +9,7 @@ head is new; the backbone starts from ``--model_name_or_path`` (usually the SFT 
     accelerate launch --config_file config/accelerate/multi_gpu.yaml scripts/train_reward.py --config config/reward/default.yaml
 """
 
+from transformers import set_seed
 from trl import ModelConfig, RewardTrainer, TrlParser, get_peft_config
 
 from open_rlhf import data, models, stages
@@ -16,8 +17,9 @@ from open_rlhf.config import RewardConfig, ScriptArguments
 
 
 def main(script_args: ScriptArguments, training_args: RewardConfig, model_args: ModelConfig) -> None:
-    # Output dir and resume
+    # Output dir, resume, seed (before any model is built: a new reward/value head is randomly initialised)
     last_checkpoint = stages.prepare_output_dir(training_args.output_dir)
+    set_seed(training_args.seed)
 
     # Model and tokenizer
     model_path = models.resolve_model_path(model_args.model_name_or_path)

@@ -10,6 +10,7 @@ assistant's completion including its end-of-turn token, so the tuned model learn
     accelerate launch --config_file config/accelerate/multi_gpu.yaml scripts/train_sft.py --config config/sft/default.yaml
 """
 
+from transformers import set_seed
 from trl import ModelConfig, SFTTrainer, TrlParser, get_peft_config
 
 from open_rlhf import data, models, stages
@@ -17,8 +18,9 @@ from open_rlhf.config import ScriptArguments, SFTConfig
 
 
 def main(script_args: ScriptArguments, training_args: SFTConfig, model_args: ModelConfig) -> None:
-    # Output dir and resume
+    # Output dir, resume, seed (before any model is built: a new reward/value head is randomly initialised)
     last_checkpoint = stages.prepare_output_dir(training_args.output_dir)
+    set_seed(training_args.seed)
 
     # Model and tokenizer
     model_path = models.resolve_model_path(model_args.model_name_or_path)

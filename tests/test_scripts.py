@@ -193,3 +193,13 @@ def test_sft_with_qlora_and_no_eval_set(tmp_path, tiny_model_dir):
                       "--use_peft", "--load_in_4bit", "--lora_r", "4", "--lora_target_modules", "q_proj", "v_proj",
                       *COMMON, "--eval_size", "0"])
     assert (tmp_path / "adapter_model.safetensors").is_file() and math.isfinite(final_loss(tmp_path))
+
+
+def test_reward_stage_is_reproducible(tmp_path, tiny_model_dir):
+    """Same seed, same result: the new scalar head is initialised after seeding (it once was not, and two
+    identical pipeline runs gave reward models of 64% and 52% held-out accuracy)."""
+    for name in ("a", "b"):
+        run("train_reward", ["--model_name_or_path", str(tiny_model_dir), "--output_dir", str(tmp_path / name),
+                             "--max_steps", "1", *COMMON])
+    a, b = weights(tmp_path / "a"), weights(tmp_path / "b")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
