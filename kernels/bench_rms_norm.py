@@ -17,7 +17,6 @@ Without a CUDA GPU it prints that it needs one and exits 0.
 from __future__ import annotations
 
 import argparse
-import csv
 import importlib.metadata
 import sys
 import time
@@ -28,10 +27,6 @@ import torch
 PROVIDERS = ("eager", "compile", "liger", "ours")
 MODES = ("forward", "backward", "full")
 QUANTILES = (0.2, 0.5, 0.8)
-CSV_FIELDS = (
-    "timestamp", "gpu", "torch", "triton", "transformers", "liger_kernel", "cuda", "dtype", "rows", "mode",
-    "hidden", "provider", "p20_ms", "p50_ms", "p80_ms", "peak_mb", "speedup_vs_eager", "speedup_vs_liger",
-)
 
 
 def _version(package: str) -> str:
@@ -131,14 +126,10 @@ def print_table(rows: list[dict], header: str) -> None:
 
 
 def append_csv(rows: list[dict], path: Path, context: dict) -> None:
-    new_file = not path.exists()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
-        if new_file:
-            writer.writeheader()
-        for r in rows:
-            writer.writerow({**context, **{k: round(v, 5) if isinstance(v, float) else v for k, v in r.items()}})
+    from open_rlhf import benchmark
+
+    rounded = [{k: round(v, 5) if isinstance(v, float) else v for k, v in r.items()} for r in rows]
+    benchmark.append_csv(rounded, path, context)  # atomic rewrite; earlier rows kept
 
 
 def make_parser() -> argparse.ArgumentParser:

@@ -275,13 +275,17 @@ def load_policy_and_reference(model_args, sft_model_path: str | None = None):
 def load_reward_functions(reward_model_path: str | None) -> list:
     """The PPO reward: a trained reward model (`RewardModelScorer`) or, with no path, the verifiable
     `accuracy_reward` of the built-in task / GSM8K (needs an ``answer`` column)."""
-    from open_rlhf.rewards import RewardModelScorer, accuracy_reward
+    from open_rlhf.rewards import accuracy_reward
 
-    if reward_model_path is None:
-        return [accuracy_reward]
+    return [accuracy_reward] if reward_model_path is None else [load_reward_scorer(reward_model_path)]
+
+
+def load_reward_scorer(reward_model_path: str):
+    """A `RewardModelScorer` over a saved reward model (``train_reward.py`` output) and its tokenizer."""
+    from open_rlhf.rewards import RewardModelScorer
+
     tokenizer = load_tokenizer(reward_model_path, padding_side="right")
-    reward_model = load_scalar_head_model(reward_model_path, tokenizer.pad_token_id)
-    return [RewardModelScorer(reward_model, tokenizer)]
+    return RewardModelScorer(load_scalar_head_model(reward_model_path, tokenizer.pad_token_id), tokenizer)
 
 
 def load_value_model(value_model_path: str | None, reward_model_path: str | None, policy_path: str,

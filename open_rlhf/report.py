@@ -44,7 +44,6 @@ def evaluate_run(args) -> dict:
         ``reward_model`` (held-out accuracy and margins), ``samples`` (prompt, gold answer, each policy's text).
     """
     from open_rlhf import evaluation, models
-    from open_rlhf.rewards import RewardModelScorer
 
     run = args.run_dir
     _, prompts_ds = data.load_splits(args.eval_dataset or args.rl_dataset, "prompt", eval_size=args.eval_prompts,
@@ -59,9 +58,7 @@ def evaluate_run(args) -> dict:
     results: dict = {"policies": {}, "kl_vs_sft": {}, "reward_model": None, "num_prompts": len(prompts)}
     scorer = None
     if args.method == "ppo":
-        rm_path = str(run / "reward")
-        rm_tokenizer = models.load_tokenizer(rm_path, padding_side="right")
-        scorer = RewardModelScorer(models.load_scalar_head_model(rm_path, rm_tokenizer.pad_token_id), rm_tokenizer)
+        scorer = models.load_reward_scorer(str(run / "reward"))
         _, pairs = data.load_splits(args.preference_dataset, "preference", eval_size=args.eval_pairs,
                                     seed=args.split_seed)
         results["reward_model"] = evaluation.reward_model_accuracy(scorer, pairs)

@@ -50,13 +50,7 @@ def compare_merges(inputs: dict[str, str], base_model: str, output_dir: str | Pa
     _, prompts_ds = data.load_splits(eval_source, "prompt", eval_size=eval_prompts, seed=split_seed)
     prompts = list(prompts_ds["prompt"])
     answers = list(prompts_ds["answer"]) if "answer" in prompts_ds.column_names else None
-    scorer = None
-    if reward_model_path:
-        from open_rlhf.rewards import RewardModelScorer
-
-        rm_tokenizer = models.load_tokenizer(reward_model_path, padding_side="right")
-        scorer = RewardModelScorer(models.load_scalar_head_model(reward_model_path, rm_tokenizer.pad_token_id),
-                                   rm_tokenizer)
+    scorer = models.load_reward_scorer(reward_model_path) if reward_model_path else None
 
     candidates = [("base", "input", base_model)] + [(name, "input", path) for name, path in inputs.items()]
     for name, method, kwargs in merges:
