@@ -14,6 +14,7 @@ from open_rlhf.trainers.ppo import (
     per_token_kl,
     ppo_policy_loss,
     ppo_value_loss,
+    reinforce_pp_advantages,
     response_mask_after_eos,
 )
 
@@ -122,3 +123,37 @@ def test_adaptive_kl_controller():
     assert ctl.value == pytest.approx(0.1002)
     ctl.update(3.0, 100)
     assert ctl.value == pytest.approx(0.1002 * 0.998)
+
+
+def test_reinforce_pp_advantages_hand_computed():
+    """rewards [[-0.1, 0.2, 1.0], [0.3, -0.1, 0.0]], mask [[1,1,1],[1,1,0]].
+
+    Reward-to-go: row 0 = [1.1, 1.2, 1.0]; row 1 = [0.2, -0.1, 0] (masked). Valid values 1.1, 1.2, 1.0, 0.2, -0.1:
+    mean = 3.4 / 5 = 0.68; squared deviations 0.1764, 0.2704, 0.1024, 0.2304, 0.6084 -> sum 1.388,
+    unbiased variance 1.388 / 4 = 0.347, std 0.58907. A = (x - 0.68) / 0.58907.
+    """
+    rewards = torch.tensor([[-0.1, 0.2, 1.0], [0.3, -0.1, 0.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
+    std = math.sqrt(0.347)
+    expected = torch.tensor([[(1.1 - 0.68) / std, (1.2 - 0.68) / std, (1.0 - 0.68) / std],
+                             [(0.2 - 0.68) / std, (-0.1 - 0.68) / std, 0.0]])
+    torch.testing.assert_close(reinforce_pp_advantages(rewards, mask), expected, atol=1e-4, rtol=1e-4)
+
+
+def test_masked_whiten_global_statistics_over_processes():
+    """Two 'processes' holding [1, 2] and [3, 6]: global mean 3, unbiased variance (4+1+0+9)/3 = 14/3.
+
+    A fake all-reduce adds the other process's partial sum; the local result must equal whitening the
+    concatenation [1, 2, 3, 6] in one process.
+    """
+    local, other = torch.tensor([[1.0, 2.0]]), torch.tensor([[3.0, 6.0]])
+    mask = torch.ones(1, 2)
+    partials = iter([mask.sum(), other.sum(), ((other - 3.0) ** 2).sum()])
+
+    def reduce_sum(tensor):
+        return tensor + next(partials)
+
+    got = masked_whiten(local, mask, reduce_sum=reduce_sum)
+    whole = masked_whiten(torch.cat([local, other], 1), torch.ones(1, 4))
+    torch.testing.assert_close(got, whole[:, :2])
+    torch.testing.assert_close(got, (local - 3.0) / math.sqrt(14 / 3))

@@ -150,3 +150,30 @@ def test_errors_name_the_problem(tmp_path, tokenizer):
         PPOTrainer(make_args(tmp_path), tokenizer, policy, None, target_reward, value, prompts())
     with pytest.raises(ValueError, match="kl_estimator"):
         make_args(tmp_path, kl_estimator="k9")
+
+
+def test_reinforce_pp_learns_without_a_value_model(tmp_path, tokenizer):
+    """REINFORCE++ (no value model): the same tiny task's mean score rises, and no value model is saved."""
+    policy, ref, _ = make_models(tokenizer)
+    args = make_args(tmp_path, max_steps=8, save_strategy="no", response_length=6, learning_rate=3e-3,
+                     per_device_train_batch_size=8, num_mini_batches=1, num_ppo_epochs=4,
+                     advantage_estimator="reinforce_pp")
+    trainer = PPOTrainer(args, tokenizer, policy, ref, target_reward, None, prompts(64))
+    assert trainer.value_model is None
+    history = trainer.train()
+    scores = [h["objective/scores"] for h in history]
+    assert sum(scores[-3:]) / 3 > sum(scores[:3]) / 3 + 0.15, scores
+    assert "loss/value" not in history[-1] and history[-1]["objective/kl"] > 0
+    trainer.save_model(tmp_path / "out")
+    assert (tmp_path / "out" / "model.safetensors").is_file() and not (tmp_path / "out" / "value_model").exists()
+
+
+def test_value_model_must_match_the_advantage_estimator(tmp_path, tokenizer):
+    policy, ref, value = make_models(tokenizer)
+    with pytest.raises(ValueError, match="trains no value model"):
+        PPOTrainer(make_args(tmp_path, advantage_estimator="reinforce_pp"), tokenizer, policy, ref, target_reward,
+                   value, prompts())
+    with pytest.raises(ValueError, match="needs a value model"):
+        PPOTrainer(make_args(tmp_path), tokenizer, policy, ref, target_reward, None, prompts())
+    with pytest.raises(ValueError, match="advantage_estimator must be one of"):
+        make_args(tmp_path, advantage_estimator="vtrace")

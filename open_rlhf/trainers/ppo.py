@@ -1,4 +1,5 @@
-"""PPO for RLHF: policy, frozen reference, reward (a reward model or any reward function), value model.
+"""PPO for RLHF: policy, frozen reference, reward (a reward model or any reward function), value model;
+and REINFORCE++ (the same loop without the value model).
 
 Ours because TRL removed `PPOTrainer` in 1.13 (this file targets TRL 1.16; it uses only TRL's numerics helpers
 `selective_log_softmax_and_entropy` and `disable_dropout_in_model`).
@@ -18,6 +19,16 @@ What one update (``global_step``) actually does:
    surrogate policy loss (Schulman et al. 2017, Eq. 7) plus ``vf_coef`` times the clipped value loss, one
    optimizer over the policy's trainable parameters and the value model.
 6. **KL coefficient**: fixed, or adapted towards ``target_kl`` (Ziegler et al. 2019, Sec. 2.2).
+
+**REINFORCE++** (``advantage_estimator="reinforce_pp"``; Hu et al. 2025, https://huggingface.co/papers/2501.03262,
+Sec. 3): no value model is loaded or trained. Step 3 is unchanged (token-level KL penalty in the reward), and the
+advantage of response token ``t`` is the undiscounted reward-to-go ``A_t = score - beta * sum_{i>=t} KL_i`` (GAE
+with values 0 and ``gamma = lam = 1``), normalised to zero mean and unit variance over all valid tokens of the
+*global* batch (every process). The clipped surrogate of step 5 is kept, as in the paper. TRL 1.16's GRPO cannot
+express this exactly (its KL is a loss term, not a per-token reward, and its advantage is one scalar per
+sequence), so it lives here.
+
+Advantages (both estimators) are whitened over the global batch: the statistics are all-reduced across processes.
 
 Implementation choices follow Huang et al. 2024, "The N+ Implementation Details of RLHF with PPO"
 (https://huggingface.co/papers/2403.17031): log-probs of the rollout are recomputed with a forward pass (not
@@ -51,6 +62,7 @@ logger = logging.getLogger(__name__)
 
 INVALID_LOGPROB = 1.0  # fill value for masked positions; never read by a loss (all losses are masked)
 TRAINER_STATE_NAME = "trainer_state.json"
+ADVANTAGE_ESTIMATORS = ("gae", "reinforce_pp")
 CHECKPOINT_PREFIX = "checkpoint-"
 
 
@@ -115,6 +127,11 @@ class PPOConfig(TrainingArguments):
     gamma: float = field(default=1.0, metadata={"help": "Discount factor."})
     lam: float = field(default=0.95, metadata={"help": "GAE lambda."})
     whiten_rewards: bool = field(default=False, metadata={"help": "Whiten per-token rewards before GAE."})
+    advantage_estimator: str = field(
+        default="gae",
+        metadata={"help": "'gae': PPO with a value model (GAE); 'reinforce_pp': REINFORCE++ (no value model, "
+                          "reward-to-go advantages normalised over the global batch)."},
+    )
     num_sample_generations: int = field(
         default=2, metadata={"help": "Sample generations printed in the log per update (0 = none)."}
     )
@@ -125,6 +142,9 @@ class PPOConfig(TrainingArguments):
         if not self.use_cpu and not torch.cuda.is_available():
             self.use_cpu = True  # as open_rlhf.config.CPUFallbackMixin: bf16 on a CPU needs use_cpu
         super().__post_init__()
+        if self.advantage_estimator not in ADVANTAGE_ESTIMATORS:
+            raise ValueError(f"advantage_estimator must be one of {ADVANTAGE_ESTIMATORS}, got "
+                             f"{self.advantage_estimator!r}.")
         if self.kl_estimator not in ("k1", "k3"):
             raise ValueError(f"kl_estimator must be 'k1' or 'k3', got {self.kl_estimator!r}.")
         for name in ("num_mini_batches", "num_ppo_epochs", "response_length", "local_rollout_forward_batch_size"):
@@ -155,15 +175,22 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor, dim: int | None = None
     return (values * mask).sum(dim) / mask.sum(dim).clamp(min=1)
 
 
-def masked_whiten(values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
+def masked_whiten(values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, reduce_sum=None) -> torch.Tensor:
     """Normalise ``values`` to zero mean, unit variance over the masked positions; masked-out positions -> 0.
 
     Uses the unbiased variance (Bessel's correction), as in Stiennon et al. 2020's reference code.
+
+    Args:
+        reduce_sum (*optional*): ``f(tensor) -> tensor`` summing a tensor over all processes (e.g.
+            ``lambda t: accelerator.reduce(t, "sum")``), so the mean and variance are those of the global batch;
+            None: this process's batch only.
     """
-    mean = masked_mean(values, mask)
+    reduce_sum = reduce_sum or (lambda t: t)
+    mask = mask.to(values.dtype)
+    n = reduce_sum((mask.sum()).detach().clone())
+    mean = reduce_sum((values * mask).sum().detach().clone()) / n.clamp(min=1)
     centered = values - mean
-    n = mask.sum()
-    variance = masked_mean(centered**2, mask) * (n / (n - 1).clamp(min=1))
+    variance = reduce_sum((centered**2 * mask).sum().detach().clone()) / (n - 1).clamp(min=1)
     whitened = centered * torch.rsqrt(variance + 1e-8)
     if not shift_mean:
         whitened = whitened + mean
@@ -274,6 +301,28 @@ def compute_gae(
     advantages = torch.stack(advantages_reversed[::-1], dim=1)
     returns = (advantages + values) * mask
     return advantages, returns
+
+
+def reinforce_pp_advantages(rewards: torch.Tensor, mask: torch.Tensor, reduce_sum=None) -> torch.Tensor:
+    """REINFORCE++ advantages: the undiscounted reward-to-go, normalised over the (global) batch.
+
+    ``A_t = sum_{i >= t} r_i`` over the valid tokens of each response; with `compute_rewards`' per-token reward
+    this is ``score - beta * sum_{i >= t} KL_i``. Then ``(A - mean) / std`` over every valid token of the batch
+    (of all processes with ``reduce_sum``).
+
+    Args:
+        rewards (`torch.Tensor` of shape `(B, R)`): per-token rewards (KL penalty + score on the last token).
+        mask (`torch.Tensor` of shape `(B, R)`): 1 on response tokens, 0 after the end.
+        reduce_sum (*optional*): cross-process sum, see `masked_whiten`.
+
+    Returns:
+        `torch.Tensor` of shape `(B, R)`, zero on masked positions.
+
+    Source: REINFORCE++, Hu et al. 2025, https://huggingface.co/papers/2501.03262, Sec. 3 (token-level KL
+    penalty in the reward; advantage normalisation over the global batch).
+    """
+    returns_to_go, _ = compute_gae(rewards, torch.zeros_like(rewards), mask, gamma=1.0, lam=1.0)
+    return masked_whiten(returns_to_go, mask, reduce_sum=reduce_sum)
 
 
 def ppo_policy_loss(
@@ -425,16 +474,21 @@ def token_values(
 
 
 class PolicyAndValue(nn.Module):
-    """One module holding both trained networks, so one optimizer and one DDP wrapper cover both."""
+    """One module holding both trained networks, so one optimizer and one DDP wrapper cover both.
 
-    def __init__(self, policy: nn.Module, value_model: nn.Module):
+    ``value_model`` is None for REINFORCE++; ``forward`` then returns None for the values.
+    """
+
+    def __init__(self, policy: nn.Module, value_model: nn.Module | None):
         super().__init__()
         self.policy = policy
         self.value_model = value_model
 
     def forward(self, query_responses, attention_mask, context_length: int, temperature: float):
         logprobs, entropy = policy_logprobs(self.policy, query_responses, attention_mask, context_length, temperature)
-        values = token_values(self.value_model, query_responses, attention_mask, context_length)
+        values = None
+        if self.value_model is not None:
+            values = token_values(self.value_model, query_responses, attention_mask, context_length)
         return logprobs, entropy, values
 
 
@@ -453,13 +507,15 @@ class PPOTrainer:
         ref_model: the frozen reference model; None with a PEFT policy (adapter-disabled policy is used).
         reward_funcs: one callable or a list, each ``f(prompts, completions, **columns) -> list[float]``;
             their scores are summed (a `RewardModelScorer`, `accuracy_reward`, ...).
-        value_model: a sequence classifier with one output (num_labels=1), trained with the policy.
+        value_model: a sequence classifier with one output (num_labels=1), trained with the policy; must be None
+            with ``advantage_estimator="reinforce_pp"`` (REINFORCE++ has no value model).
         train_dataset: a `datasets.Dataset` with a conversational ``prompt`` column; other columns (e.g.
             ``answer``) are passed to the reward functions.
 
     Raises:
-        ValueError: when the dataset has no ``prompt`` column or is smaller than one rollout batch, or when
-            ``ref_model`` is None for a non-PEFT policy.
+        ValueError: when the dataset has no ``prompt`` column or is smaller than one rollout batch, when
+            ``ref_model`` is None for a non-PEFT policy, or when ``value_model`` is given for REINFORCE++ / missing
+            for GAE.
     """
 
     def __init__(self, args: PPOConfig, processing_class, model, ref_model, reward_funcs, value_model, train_dataset):
@@ -476,14 +532,22 @@ class PPOTrainer:
         self.is_peft = hasattr(model, "disable_adapter") and hasattr(model, "peft_config")
         if ref_model is None and not self.is_peft:
             raise ValueError("ref_model is required unless the policy is a PEFT model (adapter-disabled reference).")
+        self.use_value_model = args.advantage_estimator == "gae"
+        if self.use_value_model and value_model is None:
+            raise ValueError("advantage_estimator='gae' (PPO) needs a value model; pass one, or use "
+                             "advantage_estimator='reinforce_pp' (REINFORCE++), which has none.")
+        if not self.use_value_model and value_model is not None:
+            raise ValueError("advantage_estimator='reinforce_pp' (REINFORCE++) trains no value model; pass "
+                             "value_model=None.")
         self.reward_funcs = reward_funcs if isinstance(reward_funcs, list) else [reward_funcs]
         self.train_dataset = train_dataset
         self.accelerator = Accelerator(cpu=args.use_cpu,
                                        mixed_precision="bf16" if args.bf16 else "fp16" if args.fp16 else "no")
         set_seed(args.seed)
 
-        for m in (model, value_model) + ((ref_model,) if ref_model is not None else ()):
-            disable_dropout_in_model(m)  # dropout would make the rollout and training log-probs disagree
+        for m in (model, value_model, ref_model):
+            if m is not None:
+                disable_dropout_in_model(m)  # dropout would make the rollout and training log-probs disagree
         if ref_model is not None:
             ref_model.eval().requires_grad_(False)
             ref_model.to(self.accelerator.device)
@@ -524,6 +588,10 @@ class PPOTrainer:
     @property
     def value_model(self):
         return self.accelerator.unwrap_model(self.wrapper).value_model
+
+    def _reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Sum over processes (identity with one process): global-batch statistics for advantage whitening."""
+        return self.accelerator.reduce(tensor, "sum") if self.accelerator.num_processes > 1 else tensor
 
     # -- data ------------------------------------------------------------------------------------------------
     def _batch_indices(self, step: int) -> list[int]:
@@ -596,7 +664,10 @@ class PPOTrainer:
                         ref_lp, _ = policy_logprobs(policy, qr, am, context_length, args.temperature)
                 else:
                     ref_lp, _ = policy_logprobs(self.ref_model, qr, am, context_length, args.temperature)
-                values.append(token_values(self.value_model, qr, am, context_length))
+                if self.use_value_model:
+                    values.append(token_values(self.value_model, qr, am, context_length))
+                else:  # REINFORCE++: no value model
+                    values.append(torch.zeros(qr.shape[0], qr.shape[1] - context_length, device=qr.device))
             logprobs.append(lp)
             ref_logprobs.append(ref_lp)
             entropies.append(ent)
@@ -610,8 +681,12 @@ class PPOTrainer:
         rewards, kl = compute_rewards(scores, logprobs, ref_logprobs, maskf, self.kl_ctl.value, args.kl_estimator)
         if args.whiten_rewards:
             rewards = masked_whiten(rewards, maskf, shift_mean=False)
-        advantages, returns = compute_gae(rewards, values, maskf, args.gamma, args.lam)
-        advantages = masked_whiten(advantages, maskf)
+        if self.use_value_model:
+            advantages, returns = compute_gae(rewards, values, maskf, args.gamma, args.lam)
+            advantages = masked_whiten(advantages, maskf, reduce_sum=self._reduce_sum)
+        else:
+            advantages = reinforce_pp_advantages(rewards, maskf, reduce_sum=self._reduce_sum)
+            returns = torch.zeros_like(advantages)  # no value model to fit
         timings["forward"] = time.perf_counter() - start
 
         return dict(
@@ -642,17 +717,19 @@ class PPOTrainer:
                         args.temperature)
                     pg_loss, pg_stats = ppo_policy_loss(new_logprobs, data["logprobs"][idx],
                                                         data["advantages"][idx], m, args.cliprange)
-                    vf_loss, vf_stats = ppo_value_loss(new_values, data["values"][idx], data["returns"][idx], m,
-                                                       args.cliprange_value)
-                    loss = (pg_loss + args.vf_coef * vf_loss) * len(idx) / len(mb)
-                    self.accelerator.backward(loss)
+                    loss = pg_loss
+                    if self.use_value_model:
+                        vf_loss, vf_stats = ppo_value_loss(new_values, data["values"][idx], data["returns"][idx], m,
+                                                           args.cliprange_value)
+                        loss = pg_loss + args.vf_coef * vf_loss
+                        stats["loss/value"].append(vf_loss.item())
+                        stats["value/clipfrac"].append(vf_stats["clipfrac"].item())
+                        stats["value/error"].append(vf_stats["error"].item())
+                    self.accelerator.backward(loss * len(idx) / len(mb))
                     stats["loss/policy"].append(pg_loss.item())
-                    stats["loss/value"].append(vf_loss.item())
                     stats["policy/clipfrac"].append(pg_stats["clipfrac"].item())
                     stats["policy/approxkl"].append(pg_stats["approxkl"].item())
                     stats["policy/ratio"].append(pg_stats["ratio"].item())
-                    stats["value/clipfrac"].append(vf_stats["clipfrac"].item())
-                    stats["value/error"].append(vf_stats["error"].item())
                 if args.max_grad_norm and args.max_grad_norm > 0:
                     self.accelerator.clip_grad_norm_(self.wrapper.parameters(), args.max_grad_norm)
                 self.optimizer.step()
@@ -671,7 +748,8 @@ class PPOTrainer:
         args = self.args
         if resume_from_checkpoint:
             self._load_checkpoint(resume_from_checkpoint)
-        bar = tqdm(total=self.num_updates, initial=self.global_step, desc="PPO",
+        bar = tqdm(total=self.num_updates, initial=self.global_step,
+                   desc="PPO" if self.use_value_model else "REINFORCE++",
                    disable=not self.accelerator.is_local_main_process)
         while self.global_step < self.num_updates:
             start = time.perf_counter()
@@ -695,7 +773,7 @@ class PPOTrainer:
                 "objective/non_score_reward": data["non_score_reward"].mean().item(),
                 "objective/rlhf_reward": (data["scores"] + data["non_score_reward"]).mean().item(),
                 **opt_stats,
-                "value/mean": masked_mean(data["values"], data["mask"]).item(),
+                **({"value/mean": masked_mean(data["values"], data["mask"]).item()} if self.use_value_model else {}),
                 "response/length": lengths.mean().item(),
                 "response/eos_rate": data["has_eos"].float().mean().item(),
                 "kl_coef": self.kl_ctl.value,
@@ -772,7 +850,7 @@ class PPOTrainer:
 
     def save_model(self, output_dir: str | None = None) -> None:
         """Save the policy (``save_pretrained``: a full model, or the LoRA adapter) with its tokenizer, the value
-        model under ``value_model/``, and ``trainer_state.json`` with the log history."""
+        model (PPO only) under ``value_model/``, and ``trainer_state.json`` with the log history."""
         output_dir = Path(output_dir or self.args.output_dir)
         self.accelerator.wait_for_everyone()
         if not self.accelerator.is_main_process:
@@ -780,6 +858,7 @@ class PPOTrainer:
         output_dir.mkdir(parents=True, exist_ok=True)
         self.policy.save_pretrained(output_dir, safe_serialization=True)
         self.tokenizer.save_pretrained(output_dir)
-        self.value_model.save_pretrained(output_dir / "value_model", safe_serialization=True)
+        if self.use_value_model:
+            self.value_model.save_pretrained(output_dir / "value_model", safe_serialization=True)
         (output_dir / TRAINER_STATE_NAME).write_text(json.dumps(self._state(), indent=1))
 
