@@ -73,3 +73,30 @@ class RewardConfig(CPUFallbackMixin, trl.RewardConfig):
 @dataclass
 class DPOConfig(CPUFallbackMixin, trl.DPOConfig):
     """TRL's `DPOConfig`; on a machine without an accelerator it runs on the CPU (see `CPUFallbackMixin`)."""
+
+
+@dataclass
+class KTOConfig(CPUFallbackMixin, trl.KTOConfig):
+    """TRL's `KTOConfig`; on a machine without an accelerator it runs on the CPU (see `CPUFallbackMixin`)."""
+
+
+_REWARD_HELP = ("Reward spec (open_rlhf.rewards.build_reward_functions): comma-separated [weight*]name[:arg] terms, "
+                "names accuracy | math | format | length[:target_chars] | model:PATH, e.g. 'math,0.1*format' or "
+                "'model:runs/default/reward'.")
+
+
+@dataclass
+class GRPOConfig(CPUFallbackMixin, trl.GRPOConfig):
+    """TRL's `GRPOConfig` plus ``reward`` (the reward spec); CPU fallback as `CPUFallbackMixin`.
+
+    The spec's weights become TRL's ``reward_weights``; TRL logs each term separately.
+    """
+
+    reward: str = field(default="math", metadata={"help": _REWARD_HELP})
+
+
+@dataclass
+class RLOOConfig(CPUFallbackMixin, trl.RLOOConfig):
+    """TRL's `RLOOConfig` plus ``reward`` (the reward spec); CPU fallback as `CPUFallbackMixin`."""
+
+    reward: str = field(default="math", metadata={"help": _REWARD_HELP})

@@ -663,6 +663,48 @@ def load_preference_dataset(source: str, split: str = "train", builtin_size: int
     return _truncate(_to_dataset(rows, name), max_samples, seed)
 
 
+def unpair(pairs: Dataset) -> Dataset:
+    """Preference pairs -> unpaired examples: each pair gives ``(prompt, chosen, label=True)`` and
+    ``(prompt, rejected, label=False)`` (TRL's `unpair_preference_dataset`; other columns are kept)."""
+    from trl.data_utils import unpair_preference_dataset
+
+    return unpair_preference_dataset(pairs)
+
+
+def load_unpaired_dataset(source: str, split: str = "train", builtin_size: int = BUILTIN_SIZES["preference"],
+                          max_samples: int | None = None, seed: int = 42, conversational: bool = True) -> Dataset:
+    """Unpaired desirable/undesirable examples for KTO: ``prompt``/``completion``/``label`` (`bool`).
+
+    Native unpaired data is used as it is; preference pairs (hh-rlhf, explicit or implicit prompt, the built-in
+    task) are split into two unpaired examples each with `unpair`.
+
+    Args:
+        source (`str`): a file, folder or Hub id (see `load_records`), or ``"builtin"``.
+        split (`str`): the Hub split; for ``"builtin"``, ``"train"`` or an eval split.
+        builtin_size (`int`): number of built-in pairs (twice as many unpaired examples).
+        max_samples (`int`, *optional*): keep the first ``max_samples`` examples after a shuffle with ``seed``.
+        seed (`int`): seed of that shuffle.
+        conversational (`bool`): wrap string prompts/completions as conversations.
+
+    Returns:
+        `datasets.Dataset` in TRL's unpaired-preference format.
+
+    Raises:
+        DataFormatError: for unreadable data, or data that is neither unpaired nor paired preferences.
+        FileNotFoundError: for a missing local file.
+    """
+    if _is_builtin(source):
+        return _truncate(unpair(arithmetic.preference_dataset(builtin_size, split=_builtin_split(split))),
+                         max_samples, seed)
+    fmt, rows, name = _load(source, split, conversational)
+    if fmt == "unpaired_preference":
+        return _truncate(_to_dataset(rows, name), max_samples, seed)
+    if fmt not in ("hh_rlhf", "preference", "implicit_preference"):
+        raise DataFormatError(f"{name} is in the {fmt} format ({FORMATS[fmt]}), not (un)paired preferences. Fix: "
+                              f"use columns {FORMATS['unpaired_preference']} or {FORMATS['preference']}.")
+    return _truncate(unpair(_to_dataset(rows, name)), max_samples, seed)
+
+
 def _prompt_of_messages(messages: list[dict[str, str]]) -> list[dict[str, str]]:
     """The conversation up to (not including) its final assistant turn."""
     if messages[-1]["role"] == "assistant":
@@ -751,7 +793,8 @@ def load_splits(source: str, kind: str, eval_size: int | float, seed: int = 42, 
 
     Args:
         source (`str`): a file, folder or Hub id (see `load_records`), or ``"builtin"``.
-        kind (`str`): ``"sft"``, ``"preference"`` or ``"prompt"``: which stage loader to use.
+        kind (`str`): ``"sft"``, ``"preference"``, ``"unpaired"`` (KTO) or ``"prompt"``: which stage loader to use.
+            For ``"unpaired"`` from pairs, ``eval_size`` counts pairs of the source (twice as many examples).
         eval_size (`int` or `float`): eval examples, a count (>= 1) or a fraction (< 1; of ``builtin_size``
             for the built-in task); 0 gives no eval set (None), which trainers take as "no evaluation".
         seed (`int`): seed of the split and of the ``max_samples`` shuffle.
@@ -769,7 +812,8 @@ def load_splits(source: str, kind: str, eval_size: int | float, seed: int = 42, 
         FileNotFoundError: for a missing local file.
     """
     loaders: dict[str, Callable[..., Dataset]] = {
-        "sft": load_sft_dataset, "preference": load_preference_dataset, "prompt": load_prompt_dataset}
+        "sft": load_sft_dataset, "preference": load_preference_dataset, "prompt": load_prompt_dataset,
+        "unpaired": load_unpaired_dataset}
     if kind not in loaders:
         raise ValueError(f"kind must be one of {sorted(loaders)}, got {kind!r}")
     amount = _eval_amount(eval_size)
@@ -777,9 +821,10 @@ def load_splits(source: str, kind: str, eval_size: int | float, seed: int = 42, 
         dataset = loaders[kind](source, split=split, conversational=conversational)
         train, evaluation = train_eval_split(dataset, amount, seed)
         return _truncate(train, max_samples, seed), evaluation if len(evaluation) else None
-    size = BUILTIN_SIZES[kind] if builtin_size is None else builtin_size
+    size = BUILTIN_SIZES["preference" if kind == "unpaired" else kind] if builtin_size is None else builtin_size
     n_eval = amount if isinstance(amount, int) else round(amount * size)
     train = loaders[kind](source, split="train", builtin_size=size, max_samples=max_samples, seed=seed)
     make = {"sft": arithmetic.sft_dataset, "preference": arithmetic.preference_dataset,
-            "prompt": arithmetic.prompt_dataset}[kind]
+            "prompt": arithmetic.prompt_dataset,
+            "unpaired": lambda n, **kw: unpair(arithmetic.preference_dataset(n, **kw))}[kind]
     return train, make(n_eval, split="eval", exclude_size=size) if n_eval else None

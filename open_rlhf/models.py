@@ -272,14 +272,6 @@ def load_policy_and_reference(model_args, sft_model_path: str | None = None):
     return policy, ref_model, tokenizer, path
 
 
-def load_reward_functions(reward_model_path: str | None) -> list:
-    """The PPO reward: a trained reward model (`RewardModelScorer`) or, with no path, the verifiable
-    `accuracy_reward` of the built-in task / GSM8K (needs an ``answer`` column)."""
-    from open_rlhf.rewards import accuracy_reward
-
-    return [accuracy_reward] if reward_model_path is None else [load_reward_scorer(reward_model_path)]
-
-
 def load_reward_scorer(reward_model_path: str):
     """A `RewardModelScorer` over a saved reward model (``train_reward.py`` output) and its tokenizer."""
     from open_rlhf.rewards import RewardModelScorer

@@ -1,8 +1,10 @@
-"""The end-to-end pipeline: SFT -> reward model -> PPO (or SFT -> DPO), then held-out evaluation and a report.
+"""The end-to-end pipeline: SFT -> (reward model ->) one preference or RL method, then evaluation and a report.
 
 Each stage runs its own script in a subprocess (the same command a user would type, recorded in the report),
 writes ``runs/<run_name>/<stage>/`` and is skipped on a re-run once it has finished. The evaluation compares
 the base model, the SFT policy and the final policy on the same held-out prompts.
+
+``--method`` picks the last stage from `METHODS` (one flag switches method); see the method table in the README.
 """
 
 from __future__ import annotations
@@ -18,7 +20,50 @@ from pathlib import Path
 from open_rlhf import stages
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-METHODS = ("ppo", "dpo")
+VERIFIABLE_REWARD = "math,0.2*format"  # RLVR: math-verify answer check + the '#### N' format
+REWARD_MODEL = "model"  # in a reward spec: the pipeline's reward model (trained in the run, or --reward_model_path)
+
+
+@dataclass(frozen=True)
+class Method:
+    """One row of the method table: how the pipeline trains the final policy from the SFT policy.
+
+    Attributes:
+        script: the stage script in ``scripts/``.
+        config: its default preset.
+        data: ``"preference"`` (pairs, or unpaired for KTO) or ``"prompt"`` (RL prompts with gold answers).
+        reward: default reward spec of an RL method (``"model"`` = the reward model); None for offline methods.
+        flags: fixed extra flags of the method (e.g. REINFORCE++'s advantage estimator).
+        reference: whether a frozen reference model is held during training.
+        source: the paper.
+    """
+
+    script: str
+    config: str
+    data: str
+    reward: str | None
+    reference: bool
+    source: str
+    flags: tuple[str, ...] = ()
+
+
+METHODS: dict[str, Method] = {
+    "ppo": Method("train_ppo.py", "config/ppo/default.yaml", "prompt", REWARD_MODEL, True,
+                  "Ouyang et al. 2022 (InstructGPT); Schulman et al. 2017"),
+    "rlvr": Method("train_ppo.py", "config/ppo/default.yaml", "prompt", VERIFIABLE_REWARD, True,
+                   "Lambert et al. 2024 (Tulu 3, RLVR): PPO with a verifiable reward"),
+    "reinforce_pp": Method("train_ppo.py", "config/ppo/reinforce_pp.yaml", "prompt", VERIFIABLE_REWARD, True,
+                           "Hu et al. 2025 (REINFORCE++)"),
+    "grpo": Method("train_grpo.py", "config/grpo/default.yaml", "prompt", VERIFIABLE_REWARD, True,
+                   "Shao et al. 2024 (DeepSeekMath)"),
+    "rloo": Method("train_rloo.py", "config/rloo/default.yaml", "prompt", VERIFIABLE_REWARD, True,
+                   "Ahmadian et al. 2024 (Back to Basics)"),
+    "dpo": Method("train_dpo.py", "config/dpo/default.yaml", "preference", None, True, "Rafailov et al. 2023"),
+    "ipo": Method("train_dpo.py", "config/dpo/ipo.yaml", "preference", None, True, "Azar et al. 2023"),
+    "kto": Method("train_kto.py", "config/kto/default.yaml", "preference", None, True, "Ethayarajh et al. 2024"),
+    "orpo": Method("train_orpo.py", "config/orpo/default.yaml", "preference", None, False, "Hong et al. 2024"),
+    "simpo": Method("train_simpo.py", "config/simpo/default.yaml", "preference", None, False, "Meng et al. 2024"),
+}
 
 
 @dataclass
@@ -27,25 +72,33 @@ class PipelineArguments:
 
     run_name: str = field(default="default", metadata={"help": "Outputs go to <runs_dir>/<run_name>/<stage>/."})
     runs_dir: str = field(default="runs", metadata={"help": "Folder of all pipeline runs."})
-    method: str = field(default="ppo", metadata={"help": "ppo: SFT -> reward model -> PPO; dpo: SFT -> DPO."})
+    method: str = field(default="ppo", metadata={"help": f"The final stage, one of {', '.join(METHODS)}."})
     model_name_or_path: str | None = field(
         default=None, metadata={"help": "Starting model (local path or hub id). Default: embedded SmolLM2-135M-Instruct."})
+    sft_model_path: str | None = field(
+        default=None, metadata={"help": "A finished SFT policy to start from instead of training one (no SFT stage)."})
+    reward_model_path: str | None = field(
+        default=None, metadata={"help": "A finished reward model to use instead of training one (no reward stage)."})
+    reward: str | None = field(
+        default=None,
+        metadata={"help": "Reward spec of an RL method (open_rlhf.rewards); 'model' stands for the pipeline's reward "
+                          f"model. Default: 'model' for ppo, '{VERIFIABLE_REWARD}' for the other RL methods."})
     # Data
     sft_dataset: str = field(default="builtin", metadata={"help": "SFT demonstrations (path, hub id or builtin)."})
-    preference_dataset: str = field(default="builtin", metadata={"help": "Preference pairs for RM / DPO."})
-    rl_dataset: str = field(default="builtin", metadata={"help": "PPO prompts (with gold answers for accuracy)."})
+    preference_dataset: str = field(default="builtin", metadata={"help": "Preference pairs for RM / DPO etc."})
+    rl_dataset: str = field(default="builtin", metadata={"help": "RL prompts (with gold answers for accuracy)."})
     eval_dataset: str | None = field(
         default=None, metadata={"help": "Held-out prompts with gold answers for the report. Default: rl_dataset."})
     # Stage configs and extra flags (appended last, so they win)
     sft_config: str = field(default="config/sft/default.yaml", metadata={"help": "YAML of the SFT stage."})
     reward_config: str = field(default="config/reward/default.yaml", metadata={"help": "YAML of the RM stage."})
-    ppo_config: str = field(default="config/ppo/default.yaml", metadata={"help": "YAML of the PPO stage."})
-    dpo_config: str = field(default="config/dpo/default.yaml", metadata={"help": "YAML of the DPO stage."})
+    method_config: str | None = field(
+        default=None, metadata={"help": "YAML of the method's stage. Default: the method's preset (METHODS)."})
     sft_args: str = field(default="", metadata={"help": "Extra CLI flags for train_sft.py, e.g. '--max_steps 2'."})
     reward_args: str = field(default="", metadata={"help": "Extra CLI flags for train_reward.py."})
-    ppo_args: str = field(default="", metadata={"help": "Extra CLI flags for train_ppo.py."})
-    dpo_args: str = field(default="", metadata={"help": "Extra CLI flags for train_dpo.py."})
+    method_args: str = field(default="", metadata={"help": "Extra CLI flags for the method's stage script."})
     # Evaluation
+    evaluate: bool = field(default=True, metadata={"help": "Evaluate and write the report after training."})
     eval_prompts: int = field(default=64, metadata={"help": "Held-out prompts for accuracy / reward / KL."})
     eval_pairs: int = field(default=64, metadata={"help": "Held-out preference pairs for reward-model accuracy."})
     eval_max_new_tokens: int = field(default=96, metadata={"help": "Generation length of the evaluation."})
@@ -56,20 +109,62 @@ class PipelineArguments:
 
     def __post_init__(self):
         if self.method not in METHODS:
-            raise ValueError(f"--method must be one of {METHODS}, got {self.method!r}.")
+            raise ValueError(f"--method must be one of {', '.join(METHODS)}, got {self.method!r}.")
+        if self.reward is not None and METHODS[self.method].reward is None:
+            raise ValueError(f"--reward is for RL methods; --method {self.method} learns from preference data. "
+                             "Drop --reward, or pick one of: "
+                             + ", ".join(m for m, spec in METHODS.items() if spec.reward) + ".")
 
     @property
     def run_dir(self) -> Path:
         return Path(self.runs_dir) / self.run_name
 
+    @property
+    def reward_spec(self) -> str | None:
+        """The RL reward spec with ``model`` still standing for the pipeline's reward model (None: offline)."""
+        return self.reward or METHODS[self.method].reward
+
+    @property
+    def uses_reward_model(self) -> bool:
+        spec = self.reward_spec
+        return spec is not None and any(name == REWARD_MODEL for _, name in _reward_terms(spec))
+
+    @property
+    def sft_path(self) -> Path:
+        return Path(self.sft_model_path) if self.sft_model_path else self.run_dir / "sft"
+
+    @property
+    def reward_path(self) -> Path | None:
+        if self.reward_model_path:
+            return Path(self.reward_model_path)
+        return self.run_dir / "reward" if self.uses_reward_model else None
+
+
+def _reward_terms(spec: str) -> list[tuple[str, str]]:
+    """``"0.5*model,math"`` -> ``[("0.5*", "model"), ("", "math")]``: each term's weight prefix and name."""
+    terms = []
+    for term in spec.split(","):
+        weight, star, name = term.strip().rpartition("*")
+        terms.append((weight + star, name.strip()))
+    return terms
+
+
+def _resolve_reward_model(spec: str, reward_path: Path) -> str:
+    """Replace the bare ``model`` terms of a reward spec by ``model:<reward_path>``."""
+    return ",".join(w + (f"{REWARD_MODEL}:{reward_path}" if name == REWARD_MODEL else name)
+                    for w, name in _reward_terms(spec))
+
 
 def stage_plan(args: PipelineArguments) -> list[tuple[str, list[str]]]:
     """The stages of the run as ``(name, command)``: what `run_pipeline` executes, in order.
 
-    The reward/DPO and PPO stages hold out ``eval_pairs`` pairs and ``eval_prompts`` prompts (same ``split_seed``),
-    which are exactly the examples the final evaluation uses.
+    SFT (unless ``sft_model_path``), the reward model (only for an RL reward that uses it, unless
+    ``reward_model_path``), then the method's stage, named after the method. The preference and RL stages hold out
+    ``eval_pairs`` pairs and ``eval_prompts`` prompts (same ``split_seed``), exactly the examples the final
+    evaluation uses.
     """
     run = args.run_dir
+    method = METHODS[args.method]
     start = [] if args.model_name_or_path is None else ["--model_name_or_path", args.model_name_or_path]
     py = [sys.executable]
 
@@ -77,18 +172,27 @@ def stage_plan(args: PipelineArguments) -> list[tuple[str, list[str]]]:
         return py + [str(REPO_ROOT / "scripts" / script), "--config", config, "--dataset_name", dataset,
                      "--output_dir", str(run / out), "--split_seed", str(args.split_seed), *more, *shlex.split(extra)]
 
-    sft = ("sft", cmd("train_sft.py", args.sft_config, args.sft_dataset, "sft", args.sft_args, *start))
-    sft_path = ["--model_name_or_path", str(run / "sft")]
-    if args.method == "dpo":
-        return [sft, ("dpo", cmd("train_dpo.py", args.dpo_config, args.preference_dataset, "dpo", args.dpo_args,
-                                 *sft_path, "--eval_size", str(args.eval_pairs)))]
-    return [
-        sft,
-        ("reward", cmd("train_reward.py", args.reward_config, args.preference_dataset, "reward", args.reward_args,
-                       *sft_path, "--eval_size", str(args.eval_pairs))),
-        ("ppo", cmd("train_ppo.py", args.ppo_config, args.rl_dataset, "ppo", args.ppo_args, *sft_path,
-                    "--reward_model_path", str(run / "reward"), "--eval_size", str(args.eval_prompts))),
-    ]
+    plan = []
+    if not args.sft_model_path:
+        plan.append(("sft", cmd("train_sft.py", args.sft_config, args.sft_dataset, "sft", args.sft_args, *start)))
+    sft_path = ["--model_name_or_path", str(args.sft_path)]
+    if args.uses_reward_model and not args.reward_model_path:
+        plan.append(("reward", cmd("train_reward.py", args.reward_config, args.preference_dataset, "reward",
+                                   args.reward_args, *sft_path, "--eval_size", str(args.eval_pairs))))
+    config = args.method_config or method.config
+    if method.data == "preference":
+        plan.append((args.method, cmd(method.script, config, args.preference_dataset, args.method, args.method_args,
+                                      *sft_path, *method.flags, "--eval_size", str(args.eval_pairs))))
+        return plan
+    spec = args.reward_spec
+    more = list(method.flags)
+    if args.reward_path is not None:
+        spec = _resolve_reward_model(spec, args.reward_path)
+        if method.script == "train_ppo.py":  # PPO's value model starts from the reward model
+            more += ["--reward_model_path", str(args.reward_path)]
+    plan.append((args.method, cmd(method.script, config, args.rl_dataset, args.method, args.method_args, *sft_path,
+                                  *more, "--reward", spec, "--eval_size", str(args.eval_prompts))))
+    return plan
 
 
 def _run_stage(name: str, command: list[str], out_dir: Path) -> float:
@@ -110,11 +214,13 @@ def _run_stage(name: str, command: list[str], out_dir: Path) -> float:
     return time.perf_counter() - start
 
 
-def run_pipeline(args: PipelineArguments) -> Path:
-    """Run (or continue) the whole pipeline and write ``<run_dir>/report.md`` with its plots.
+def train_stages(args: PipelineArguments, only: set[str] | None = None) -> dict:
+    """Run the training stages of `stage_plan` that have not finished (all, or those named in ``only``).
+
+    Each stage's command and wall time go to ``<run_dir>/pipeline_state.json``.
 
     Returns:
-        `Path` of the report.
+        dict: the pipeline state (``stages``: per stage ``command`` and ``wall_seconds``).
 
     Raises:
         RuntimeError: when a stage fails (its log path is in the message).
@@ -124,8 +230,9 @@ def run_pipeline(args: PipelineArguments) -> Path:
     state_path = run / "pipeline_state.json"
     state = json.loads(state_path.read_text()) if state_path.is_file() else {"stages": {}}
     state["args"] = asdict(args)
-    pipeline_start = time.perf_counter()
     for name, command in stage_plan(args):
+        if only is not None and name not in only:
+            continue
         out_dir = run / name
         if stages.is_complete(out_dir):
             print(f"=== stage {name}: already finished in {out_dir}, skipped", flush=True)
@@ -133,7 +240,26 @@ def run_pipeline(args: PipelineArguments) -> Path:
         seconds = _run_stage(name, command, out_dir)
         state["stages"][name] = {"command": shlex.join(command), "wall_seconds": seconds}
         stages.atomic_write_text(state_path, json.dumps(state, indent=1))
+    return state
 
+
+def run_pipeline(args: PipelineArguments) -> Path:
+    """Run (or continue) the whole pipeline and write ``<run_dir>/report.md`` with its plots.
+
+    Returns:
+        `Path` of the report (with ``evaluate=False``: of the final policy's folder; nothing is evaluated).
+
+    Raises:
+        RuntimeError: when a stage fails (its log path is in the message).
+    """
+    run = args.run_dir
+    state_path = run / "pipeline_state.json"
+    pipeline_start = time.perf_counter()
+    state = train_stages(args)
+    if not args.evaluate:
+        state["last_session_seconds"] = time.perf_counter() - pipeline_start
+        stages.atomic_write_text(state_path, json.dumps(state, indent=1))
+        return run / args.method
     from open_rlhf.report import evaluate_run, write_report
 
     eval_path = run / "eval" / "results.json"

@@ -30,8 +30,18 @@ CURVES = {
 }
 
 
-def _policy_stage(args) -> str:
-    return "dpo" if args.method == "dpo" else "ppo"
+_PREFERENCE_CURVES = {"loss": "train loss", "rewards/margins": "implicit reward margin",
+                      "rewards/accuracies": "implicit reward accuracy", "eval_loss": "eval loss"}
+_ONLINE_CURVES = {"reward": "reward (mean of the group)", "kl": "KL to reference", "entropy": "entropy (nats/token)",
+                  "completions/mean_length": "completion length (tokens)"}
+CURVES.update({
+    "rlvr": CURVES["ppo"], "reinforce_pp": CURVES["ppo"], "dpo": _PREFERENCE_CURVES, "ipo": _PREFERENCE_CURVES,
+    "simpo": _PREFERENCE_CURVES, "kto": {"loss": "train loss", "rewards/margins": "implicit reward margin",
+                                         "kl": "KL estimate (z_0)", "eval_loss": "eval loss"},
+    "orpo": {"loss": "train loss", "nll_loss": "NLL of chosen", "log_odds_ratio": "log odds ratio",
+             "rewards/accuracies": "implicit reward accuracy"},
+    "grpo": _ONLINE_CURVES, "rloo": _ONLINE_CURVES,
+})
 
 
 def evaluate_run(args) -> dict:
@@ -50,15 +60,15 @@ def evaluate_run(args) -> dict:
                                      seed=args.split_seed)
     prompts = list(prompts_ds["prompt"])
     answers = list(prompts_ds["answer"]) if "answer" in prompts_ds.column_names else None
-    final = _policy_stage(args)
-    policy_paths = {"sft": run / "sft", final: run / final}
+    final = args.method
+    policy_paths = {"sft": args.sft_path, final: run / final}
     if args.eval_base_model:
         policy_paths = {"base": Path(models.resolve_model_path(args.model_name_or_path)), **policy_paths}
 
     results: dict = {"policies": {}, "kl_vs_sft": {}, "reward_model": None, "num_prompts": len(prompts)}
     scorer = None
-    if args.method == "ppo":
-        scorer = models.load_reward_scorer(str(run / "reward"))
+    if args.reward_path is not None:
+        scorer = models.load_reward_scorer(str(args.reward_path))
         _, pairs = data.load_splits(args.preference_dataset, "preference", eval_size=args.eval_pairs,
                                     seed=args.split_seed)
         results["reward_model"] = evaluation.reward_model_accuracy(scorer, pairs)

@@ -1,16 +1,42 @@
-"""Reward functions: verifiable answer checking (GSM8K / built-in arithmetic) and trained reward models.
+"""Reward functions: verifiable answer checking (GSM8K / built-in arithmetic), format and length terms, trained
+reward models, and `build_reward_functions`, the factory that turns a reward spec string into one callable.
 
 Every reward here has the signature TRL's GRPO/RLOO trainers take and our PPO trainer takes too:
 ``reward_fn(prompts: list, completions: list, **columns) -> list[float]``, where ``completions`` are
 strings or conversational lists ``[{"role": "assistant", "content": ...}]`` and ``columns`` holds the
-dataset's other columns (e.g. ``answer``), one value per completion.
+dataset's other columns (e.g. ``answer``), one value per completion, plus whatever the trainer adds (TRL
+1.16 GRPO/RLOO pass ``completion_ids``, ``trainer_state``, ``log_extra``, ``log_metric``); every function
+accepts and ignores the keyword arguments it does not use.
+
+Reward spec grammar (`build_reward_functions`): comma-separated terms, each ``[WEIGHT*]NAME[:ARGUMENT]``
+(WEIGHT defaults to 1.0; whitespace around terms is ignored)::
+
+    accuracy          strict GSM8K check: the `#### N` marker must hold the gold number (`accuracy_reward`)
+    math              the final answer is mathematically equal to the gold answer (`math_verify_reward`)
+    format            the last non-empty line is `#### <number>` (`format_reward`)
+    length[:CHARS]    -max(0, n - CHARS) / CHARS with n the completion length in characters (`length_penalty`)
+    model:PATH        a reward model saved by `train_reward.py` (loaded on first call)
+
+e.g. ``"math"``, ``"accuracy,0.2*format"``, ``"model:runs/default/reward"``,
+``"1.0*math,0.1*format,0.5*length:400"``. The result, a `RewardSpec`, is itself a reward function (the
+weighted sum) and also exposes its terms: pass ``spec`` to our PPO trainer, and either ``spec`` or
+``reward_funcs=spec.funcs`` with ``GRPOConfig(reward_weights=spec.weights)`` to TRL (the latter logs each
+term separately).
+
+Why not `trl.rewards` (TRL 1.16): its ``accuracy_reward`` reads a ``solution`` column and only LaTeX answers,
+not GSM8K's ``#### N``; its ``get_soft_overlong_punishment`` counts tokens from ``completion_ids``, which our
+PPO trainer does not pass.
 """
 
 from __future__ import annotations
 
+import math
 import re
+import threading
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from fractions import Fraction
+from pathlib import Path
 
 import torch
 
@@ -91,6 +117,180 @@ def accuracy_reward(prompts: Sequence, completions: Sequence, answer: Sequence[s
     return rewards
 
 
+# math-verify runs on one final-answer span at a time. It gets only spans made of numbers, fractions and
+# arithmetic signs: sympy can run for minutes on others (``\binom{10^9}{5 \cdot 10^8}``, ``9^{9^{9^9}}``), and
+# off the main thread math-verify has no timeout. Anything else (words, units, powers) goes to the
+# normalised-number comparison instead; so do percentages, as math-verify reads ``25%`` as 0.25 while GSM8K
+# writes the gold answer of a percentage question as ``25``.
+_MATH_VERIFY_SPAN = re.compile(r"(?:[\d\s.,+\-/$(){}]|\\[dt]?frac|\\[$,]|\\cdot|\\times)+")
+_MATH_VERIFY_MAX_CHARS = 100
+_MATH_VERIFY_TIMEOUT_S = 5  # math-verify's default for both parse and verify; whole seconds (signal.alarm)
+_HASH_LINE = re.compile(r"####[ \t]*([^\n]*)")
+_FORMAT_LINE = re.compile(r"####[ \t]*(?:" + _NUMBER + r")")
+DEFAULT_LENGTH_TARGET_CHARS = 600  # above the 95th percentile (562) of GSM8K train reference solutions
+
+
+def _last_boxed(text: str) -> str | None:
+    """Content of the last ``\\boxed{...}`` in the text, with nested braces balanced; None if there is none."""
+    start = text.rfind("\\boxed{")
+    while start != -1:
+        depth, begin = 0, start + len("\\boxed")
+        for i in range(begin, len(text)):
+            depth += {"{": 1, "}": -1}.get(text[i], 0)
+            if depth == 0:
+                return text[begin + 1:i].strip()
+        start = text.rfind("\\boxed{", 0, start)  # unbalanced: try the previous one
+    return None
+
+
+def _final_answer_span(text: str) -> tuple[str, str] | None:
+    """The final answer as ``(text for math-verify, raw span)``: the rest of the line after the last ``####``,
+    else the last ``\\boxed{}`` content, else the last number (the order of `extract_final_answer`)."""
+    lines = [m.strip() for m in _HASH_LINE.findall(text)]
+    if lines and lines[-1]:
+        return lines[-1], lines[-1]
+    boxed = _last_boxed(text)
+    if boxed:
+        return f"\\boxed{{{boxed}}}", boxed  # re-boxed so math-verify's LaTeX extraction reads \frac etc.
+    numbers = _ANY_NUMBER.findall(text)
+    return (numbers[-1], numbers[-1]) if numbers else None
+
+
+def _math_verify_parse(span: tuple[str, str], timeout_s: int | None) -> list:
+    """math-verify's parse of a span, or [] when it is not a number-like span or gives no sympy object."""
+    from math_verify import parse
+
+    text, raw = span
+    if len(raw) > _MATH_VERIFY_MAX_CHARS or not _MATH_VERIFY_SPAN.fullmatch(raw):
+        return []
+    parsed = parse(text, parsing_timeout=timeout_s)
+    # On failure parse falls back to the matched string; a string only ever equals the same string.
+    return parsed if any(not isinstance(p, str) for p in parsed) else []
+
+
+def _math_equal(gold: str, completion: str, timeout_s: int | None) -> bool:
+    from math_verify import verify
+
+    gold_span = _final_answer_span(gold) if "####" in gold else (gold.strip(), gold.strip())
+    predicted_span = _final_answer_span(completion)
+    if predicted_span is None or not gold_span or not gold_span[1]:
+        return False
+    gold_parsed = _math_verify_parse(gold_span, timeout_s)
+    predicted_parsed = _math_verify_parse(predicted_span, timeout_s)
+    if gold_parsed and predicted_parsed:
+        return verify(gold_parsed, predicted_parsed, timeout_seconds=timeout_s)
+    gold_number, predicted_number = extract_final_answer(gold_span[1]), extract_final_answer(predicted_span[1])
+    return gold_number is not None and gold_number == predicted_number
+
+
+def math_verify_reward(prompts: Sequence, completions: Sequence, answer: Sequence[str], **kwargs) -> list[float]:
+    """Verifiable reward: 1.0 when the completion's final answer is mathematically equal to the gold ``answer``.
+
+    The final answer is, in order, the rest of the line after the last ``####``, the content of the last
+    ``\\boxed{...}``, or the last number in the text (the order of `extract_final_answer`; unlike
+    `accuracy_reward`, the ``####`` marker is not required). The gold answer is the part after its last
+    ``####`` (GSM8K's ``"... #### 72"``) or the whole string (``"72"``). Both are parsed and compared with
+    math-verify (`math_verify.parse` / `math_verify.verify`), so ``\\boxed{\\frac{1}{2}}`` equals ``0.5`` and
+    ``1,000`` equals ``1000``. Other spans (with words or units such as ``18 dollars``, percentages, powers
+    such as ``2^3`` and other operators sympy may take minutes on, or longer than 100 characters) and spans
+    math-verify cannot parse fall back to the exact comparison of `extract_final_answer` on the two spans
+    (``18 dollars`` -> ``18``, ``25%`` -> ``25``; ``2^3`` -> ``3``, so it does not equal ``8``).
+
+    Timeouts: math-verify bounds each parse and verify call with ``signal.alarm`` (5 s here, its default), which
+    only works in the main thread; elsewhere it raises ``ValueError``. Called from another thread (e.g. TRL's
+    async rollout worker), this function therefore passes ``parsing_timeout=None`` / ``timeout_seconds=None``
+    (math-verify then logs once that timeouts are disabled). The number-like-span filter above is what keeps
+    that safe, and it applies in every thread, so the reward of a completion does not depend on the thread.
+    In the main thread the alarm replaces any ``SIGALRM`` handler for the duration of each call.
+
+    Args:
+        prompts: unused (kept for the TRL reward-function signature).
+        completions: `B` completions (strings or conversational lists).
+        answer: `B` gold answers (strings such as ``"72"`` or a GSM8K solution ending in ``"#### 72"``).
+        **kwargs: other dataset columns and trainer arguments (``completion_ids``, ``trainer_state``), unused.
+
+    Returns:
+        `list[float]` of length `B`, each 0.0 or 1.0 (0.0 when the completion has no answer at all).
+
+    Raises:
+        ValueError: when ``answer`` does not hold one gold answer per completion.
+
+    Source: RLVR, Lambert et al. 2024 (Tülu 3), https://huggingface.co/papers/2411.15124, Sec. 6;
+        math-verify, https://github.com/huggingface/Math-Verify.
+    """
+    timeout_s = _MATH_VERIFY_TIMEOUT_S if threading.current_thread() is threading.main_thread() else None
+    return [float(_math_equal(str(gold), completion_text(completion), timeout_s))
+            for completion, gold in zip(completions, answer, strict=True)]
+
+
+def format_reward(prompts: Sequence, completions: Sequence, **kwargs) -> list[float]:
+    """Format reward: 1.0 when the last non-empty line of the completion is ``#### <number>``, else 0.0.
+
+    This is the answer format the SFT data teaches (``"reasoning...\\n#### 72"``); the number may carry
+    ``$``, commas, a sign and decimals (``#### $1,000.50``) but nothing may follow it on the line.
+
+    Args:
+        prompts: unused (kept for the TRL reward-function signature).
+        completions: `B` completions (strings or conversational lists).
+        **kwargs: dataset columns and trainer arguments, unused.
+
+    Returns:
+        `list[float]` of length `B`, each 0.0 or 1.0.
+
+    Source: the format reward of DeepSeek-R1, DeepSeek-AI 2025, https://huggingface.co/papers/2501.12948,
+        Sec. 2.2.2 (there ``<think>`` tags; here GSM8K's ``####`` line).
+    """
+    rewards = []
+    for completion in completions:
+        lines = [line.strip() for line in completion_text(completion).splitlines() if line.strip()]
+        rewards.append(float(bool(lines) and _FORMAT_LINE.fullmatch(lines[-1]) is not None))
+    return rewards
+
+
+class _LengthPenalty:
+    # A callable class rather than a closure so the reward stays picklable (TRL's async GRPO rollout worker
+    # sends reward functions to a spawned process).
+    def __init__(self, target_chars: int):
+        self.target_chars = target_chars
+        self.__name__ = "length_penalty"
+
+    def __call__(self, prompts: Sequence, completions: Sequence, **kwargs) -> list[float]:
+        target = self.target_chars
+        return [-max(0, len(completion_text(c)) - target) / target for c in completions]
+
+    def __repr__(self) -> str:
+        return f"length_penalty(target_chars={self.target_chars})"
+
+
+def length_penalty(target_chars: int = DEFAULT_LENGTH_TARGET_CHARS) -> RewardFunction:
+    """A reward function penalising completions longer than ``target_chars`` characters.
+
+    Each completion scores ``-max(0, n - target_chars) / target_chars`` with ``n`` its length in characters
+    (of the assistant text, see `completion_text`): 0 up to the target, -1 at twice the target, linear and
+    unbounded beyond. Characters rather than tokens so that a spec means the same in every trainer: our PPO
+    trainer passes only decoded texts, while TRL's GRPO/RLOO also pass ``completion_ids`` (for a token-based
+    penalty there, see ``trl.rewards.get_soft_overlong_punishment``). GSM8K reference solutions run about 2.3
+    characters per SmolLM2 token.
+
+    Args:
+        target_chars (`int`): the length in characters from which the penalty starts; must be positive.
+
+    Returns:
+        A reward function ``f(prompts, completions, **kwargs) -> list[float]`` (values <= 0), named
+        ``length_penalty``.
+
+    Raises:
+        ValueError: when ``target_chars`` is not a positive integer.
+
+    Source: a linear overlong penalty, like DAPO's soft overlong punishment, Yu et al. 2025,
+        https://huggingface.co/papers/2503.14476, Eq. 13 (which is in tokens and capped at -1).
+    """
+    if isinstance(target_chars, bool) or not isinstance(target_chars, int) or target_chars <= 0:
+        raise ValueError(f"length_penalty: target_chars must be a positive integer (characters), got "
+                         f"{target_chars!r}.")
+    return _LengthPenalty(target_chars)
+
+
 class RewardModelScorer:
     """Scores (prompt, completion) pairs with a trained sequence-classification reward model.
 
@@ -132,3 +332,183 @@ class RewardModelScorer:
         finally:
             self.tokenizer.truncation_side = side
         return scores
+
+
+class LazyRewardModelScorer:
+    """A `RewardModelScorer` over a saved reward model, loaded on the first call (the ``model:PATH`` term).
+
+    Building a spec thus stays cheap (a script can check the dataset columns first) and the spec stays
+    picklable until used. Loading goes through `open_rlhf.models.load_reward_scorer`, imported there because
+    `open_rlhf.models` imports this module.
+
+    Args:
+        reward_model_path (`str`): a directory saved by ``train_reward.py`` (model and tokenizer).
+    """
+
+    def __init__(self, reward_model_path: str):
+        self.reward_model_path = reward_model_path
+        self.__name__ = "reward_model"
+        self._scorer: RewardModelScorer | None = None
+
+    @property
+    def scorer(self) -> RewardModelScorer:
+        """The loaded `RewardModelScorer` (loads it on first access; move ``scorer.model`` to a device here)."""
+        if self._scorer is None:
+            from open_rlhf.models import load_reward_scorer
+
+            self._scorer = load_reward_scorer(self.reward_model_path)
+        return self._scorer
+
+    def __call__(self, prompts: Sequence, completions: Sequence, **kwargs) -> list[float]:
+        return self.scorer(prompts, completions, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"LazyRewardModelScorer({self.reward_model_path!r})"
+
+
+@dataclass
+class RewardSpec:
+    """Reward terms and their weights; calling it returns the weighted sum, so it is a reward function itself.
+
+    ``spec(prompts, completions, **kwargs)[b] = sum_i weights[i] * funcs[i](prompts, completions, **kwargs)[b]``.
+
+    Args:
+        funcs (`list` of reward functions): each ``f(prompts, completions, **kwargs) -> list[float]``.
+        weights (`list[float]`): one weight per function.
+        names (`list[str]`): one unique name per function (the spec's term names, e.g. ``"math"``).
+        required_columns (`tuple[str, ...]`): dataset columns the terms read (``("answer",)`` for
+            ``accuracy``/``math``), for the scripts to check the dataset before training.
+
+    Raises:
+        ValueError: when there are no terms, or ``funcs``, ``weights`` and ``names`` differ in length, or
+            names repeat.
+    """
+
+    funcs: list[RewardFunction]
+    weights: list[float]
+    names: list[str]
+    required_columns: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        if not self.funcs or not len(self.funcs) == len(self.weights) == len(self.names):
+            raise ValueError(f"RewardSpec needs at least one term and as many weights and names as functions; got "
+                             f"{len(self.funcs)} funcs, {len(self.weights)} weights, {len(self.names)} names.")
+        if len(set(self.names)) != len(self.names):
+            raise ValueError(f"RewardSpec names must be unique (TRL logs one metric per name); got {self.names}.")
+
+    @property
+    def __name__(self) -> str:  # TRL names (and logs) a reward function by its __name__
+        return "+".join(self.names)
+
+    @property
+    def needs_answer(self) -> bool:
+        """Whether a term reads the gold ``answer`` column."""
+        return "answer" in self.required_columns
+
+    def __call__(self, prompts: Sequence, completions: Sequence, **kwargs) -> list[float]:
+        """The weighted sum of the terms: `list[float]` of length `B` (one score per completion)."""
+        total = [0.0] * len(completions)
+        for func, weight, name in zip(self.funcs, self.weights, self.names, strict=True):
+            scores = func(prompts, completions, **kwargs)
+            if len(scores) != len(completions):
+                raise ValueError(f"Reward term {name!r} returned {len(scores)} scores for {len(completions)} "
+                                 f"completions; a reward function must return one score per completion.")
+            total = [t + weight * s for t, s in zip(total, scores, strict=True)]
+        return total
+
+
+_SPEC_HELP = ("Valid names: accuracy, math, format, length[:TARGET_CHARS], model:PATH; each term is "
+              "[WEIGHT*]NAME[:ARGUMENT], terms separated by commas. Example: '1.0*math,0.1*format,0.5*length:400'.")
+
+
+def _build_term(name: str, argument: str | None, where: str) -> tuple[RewardFunction, tuple[str, ...]]:
+    """The reward function of one spec term and the dataset columns it reads."""
+    if name in ("accuracy", "math", "format") and argument is not None:
+        raise ValueError(f"{where}: {name!r} takes no argument, got {argument!r}. {_SPEC_HELP}")
+    if name == "accuracy":
+        return accuracy_reward, ("answer",)
+    if name == "math":
+        return math_verify_reward, ("answer",)
+    if name == "format":
+        return format_reward, ()
+    if name == "length":
+        if argument is None:
+            return length_penalty(), ()
+        if not argument.isdigit() or int(argument) <= 0:
+            raise ValueError(f"{where}: the length target must be a positive whole number of characters, got "
+                             f"{argument!r}. {_SPEC_HELP}")
+        return length_penalty(int(argument)), ()
+    if name == "model":
+        if not argument:
+            raise ValueError(f"{where}: 'model' needs the reward model directory, as in "
+                             f"'model:runs/default/reward'. {_SPEC_HELP}")
+        if not Path(argument).is_dir():
+            raise FileNotFoundError(f"{where}: reward model directory {argument!r} does not exist. Train one with "
+                                    f"scripts/train_reward.py (it writes e.g. runs/default/reward) or fix the path.")
+        return LazyRewardModelScorer(argument), ()
+    raise ValueError(f"{where}: unknown reward name {name!r}. {_SPEC_HELP}")
+
+
+def build_reward_functions(spec: str) -> RewardSpec:
+    """Parse a reward spec string into a `RewardSpec` (see the module docstring for the grammar).
+
+    Each comma-separated term is ``[WEIGHT*]NAME[:ARGUMENT]``; WEIGHT is a finite float (default 1.0,
+    negative allowed). Names: ``accuracy`` (`accuracy_reward`), ``math`` (`math_verify_reward`), ``format``
+    (`format_reward`), ``length[:TARGET_CHARS]`` (`length_penalty`, default target 600 characters) and
+    ``model:PATH`` (a `LazyRewardModelScorer`; the model loads on the first call). A name used twice gets a
+    suffix in ``names`` (``model``, ``model_2``).
+
+    Args:
+        spec (`str`): e.g. ``"math"``, ``"accuracy,0.2*format"``, ``"model:runs/default/reward"``,
+            ``"1.0*math,0.1*format,0.5*length:400"``.
+
+    Returns:
+        `RewardSpec`: the terms' functions, weights and names, the dataset columns they need
+        (``required_columns``, ``needs_answer``); call it for the weighted sum.
+
+    Raises:
+        ValueError: on an empty spec or term, a weight that is not a finite number, an unknown name, a missing or
+            malformed argument; the message names the term, the valid names and an example.
+        FileNotFoundError: when a ``model:PATH`` directory does not exist.
+    """
+    if not isinstance(spec, str) or not spec.strip():
+        raise ValueError(f"Empty reward spec {spec!r}. {_SPEC_HELP}")
+    funcs, weights, names, base_names, columns = [], [], [], [], []
+    for index, raw_term in enumerate(spec.split(",")):
+        term = raw_term.strip()
+        where = f"reward spec {spec!r}, term {index + 1} {term!r}"
+        if not term:
+            raise ValueError(f"{where}: empty term (a stray comma?). {_SPEC_HELP}")
+        weight = 1.0
+        if "*" in term:
+            weight_text, term_body = (part.strip() for part in term.split("*", 1))
+            try:
+                weight = float(weight_text)
+            except ValueError:
+                weight = math.nan
+            if not math.isfinite(weight):
+                raise ValueError(f"{where}: weight {weight_text!r} is not a finite number. {_SPEC_HELP}")
+        else:
+            term_body = term
+        name, _, argument = term_body.partition(":")
+        name = name.strip()
+        func, needed = _build_term(name, argument.strip() if ":" in term_body else None, where)
+        funcs.append(func)
+        weights.append(weight)
+        base_names.append(name)
+        names.append(name if base_names.count(name) == 1 else f"{name}_{base_names.count(name)}")
+        columns.extend(c for c in needed if c not in columns)
+    return RewardSpec(funcs, weights, names, tuple(columns))
+
+
+def check_columns(reward: RewardSpec, columns: Sequence[str], dataset_name: str) -> None:
+    """Fail early when the prompts lack a column the reward reads (e.g. ``answer`` for ``math``/``accuracy``).
+
+    Raises:
+        ValueError: naming the dataset, the missing columns and the reward terms that need them.
+    """
+    missing = [c for c in reward.required_columns if c not in columns]
+    if missing:
+        raise ValueError(f"Dataset {dataset_name!r} has no {missing} column(s), which the reward "
+                         f"{reward.__name__!r} needs (columns: {list(columns)}). Use data with gold answers "
+                         "(builtin, GSM8K), or a reward without answer checking, e.g. 'model:PATH'.")

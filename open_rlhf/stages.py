@@ -79,7 +79,23 @@ def save_final(output_dir: str | Path, save_fn: Callable[[Path], None], info: di
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     atomic_write_text(output_dir / COMPLETE_MARKER,
-                      json.dumps({"finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"), **info}, indent=1, default=str))
+                      json.dumps({"finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"), **peak_memory(), **info},
+                                 indent=1, default=str))
+
+
+def peak_memory() -> dict[str, float]:
+    """This process's peak memory so far, in MB: ``peak_rss_mb`` (resident set, from ``getrusage``) and, with
+    CUDA, ``peak_gpu_mb`` (``torch.cuda.max_memory_allocated``). Recorded in every stage's completion marker."""
+    import resource
+    import sys
+
+    import torch
+
+    rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KB on Linux, bytes on macOS
+    out = {"peak_rss_mb": rss_kb / (2**20 if sys.platform == "darwin" else 2**10)}
+    if torch.cuda.is_available():
+        out["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return out
 
 
 def read_log_history(output_dir: str | Path) -> list[dict]:

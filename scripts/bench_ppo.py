@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from trl import ModelConfig, TrlParser
 
-from open_rlhf import data, models
+from open_rlhf import data, models, rewards
 from open_rlhf.benchmark import PeakMemory, append_csv, machine_context, print_table
 from open_rlhf.trainers.ppo import PPOConfig, PPOTrainer
 
@@ -43,7 +43,7 @@ def bench_setting(setting: str, args: BenchPPOArguments, model_path: str) -> dic
                        gradient_accumulation_steps=max(1, batch // 8), response_length=length,
                        num_ppo_epochs=args.num_ppo_epochs, max_steps=args.steps + args.warmup, save_strategy="no",
                        num_sample_generations=0, logging_strategy="no", bf16=args.bf16, report_to="none")
-    trainer = PPOTrainer(config, tokenizer, policy, ref, models.load_reward_functions(None), value, prompts)
+    trainer = PPOTrainer(config, tokenizer, policy, ref, [rewards.accuracy_reward], value, prompts)
     with PeakMemory() as memory:
         history = trainer.train()
     timed = history[args.warmup:]

@@ -438,3 +438,27 @@ def test_load_splits_eval_does_not_depend_on_max_samples(tmp_path):
     assert (len(train), len(evaluation), len(small_train)) == (45, 5, 8)
     assert evaluation.to_list() == same_eval.to_list()
     assert not {r[0]["content"] for r in small_train["prompt"]} & {r[0]["content"] for r in evaluation["prompt"]}
+
+
+def test_unpaired_for_kto_from_native_and_paired_data(tmp_path):
+    """Native unpaired rows pass through; each pair becomes (chosen, True) and (rejected, False)."""
+    native = _write_jsonl(tmp_path / "kto.jsonl", [{"prompt": "a", "completion": "good", "label": True},
+                                                   {"prompt": "a", "completion": "bad", "label": False}])
+    got = data.load_unpaired_dataset(str(native))
+    assert got["label"] == [True, False] and got["completion"][1] == [{"role": "assistant", "content": "bad"}]
+    pairs = _write_jsonl(tmp_path / "pairs.jsonl", [{"prompt": "q", "chosen": "yes", "rejected": "no"}])
+    got = data.load_unpaired_dataset(str(pairs))
+    assert [(c[0]["content"], label) for c, label in zip(got["completion"], got["label"], strict=True)] == [("yes", True),
+                                                                                            ("no", False)]
+    assert got["prompt"] == [[{"role": "user", "content": "q"}]] * 2
+    sft = _write_jsonl(tmp_path / "sft.jsonl", [{"prompt": "q", "completion": "c"}])
+    with pytest.raises(data.DataFormatError, match="not \\(un\\)paired preferences"):
+        data.load_unpaired_dataset(str(sft))
+
+
+def test_load_splits_unpaired_builtin_holds_out_the_same_pairs_as_dpo():
+    """The KTO eval set is exactly the DPO eval pairs, unpaired (so both methods are evaluated alike)."""
+    train, held_out = data.load_splits("builtin", "unpaired", eval_size=4, seed=0, max_samples=10)
+    _, pairs = data.load_splits("builtin", "preference", eval_size=4, seed=0)
+    assert len(train) == 10 and len(held_out) == 8 and sum(held_out["label"]) == 4
+    assert held_out["completion"][:4] == pairs["chosen"] and held_out["completion"][4:] == pairs["rejected"]

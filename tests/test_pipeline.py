@@ -9,14 +9,17 @@ import pytest
 from open_rlhf.pipeline import PipelineArguments, run_pipeline, stage_plan
 
 TINY_STAGE = "--per_device_train_batch_size 2 --max_train_samples 16 --save_steps 1 --logging_steps 1"
+PPO_ARGS = f"--max_steps 1 {TINY_STAGE} --gradient_accumulation_steps 1 --response_length 8"
+ONLINE_ARGS = f"--max_steps 1 {TINY_STAGE} --gradient_accumulation_steps 1 --max_completion_length 8 --num_generations 2"
+METHOD_ARGS = {"ppo": PPO_ARGS, "rlvr": PPO_ARGS, "reinforce_pp": PPO_ARGS, "grpo": ONLINE_ARGS,
+               "rloo": ONLINE_ARGS, **{m: f"--max_steps 2 {TINY_STAGE}" for m in ("dpo", "ipo", "kto", "orpo", "simpo")}}
 
 
 def tiny_args(tmp_path, model, method="ppo"):
     return PipelineArguments(
         run_name="tiny", runs_dir=str(tmp_path), method=method, model_name_or_path=str(model),
         sft_args=f"--max_steps 2 {TINY_STAGE}", reward_args=f"--max_steps 2 {TINY_STAGE}",
-        dpo_args=f"--max_steps 2 {TINY_STAGE}",
-        ppo_args=f"--max_steps 1 {TINY_STAGE} --gradient_accumulation_steps 1 --response_length 8",
+        method_args=METHOD_ARGS[method],
         eval_prompts=4, eval_pairs=4, eval_max_new_tokens=8, eval_batch_size=4, report_samples=2)
 
 
@@ -62,3 +65,38 @@ def test_dpo_pipeline_reports_without_a_reward_model(tmp_path, tiny_model_dir):
     assert set(results["policies"]) == {"sft", "dpo"} and results["reward_model"] is None
     assert results["policies"]["dpo"]["reward_score"] is None and "dpo" in results["kl_vs_sft"]
     assert "| dpo |" in text and "Reward model" not in text
+
+
+def test_every_method_has_a_plan_with_its_preset_and_reward(tmp_path):
+    """--method picks the last stage; RL methods get their reward spec, 'model' resolves to the run's reward model."""
+    from open_rlhf.pipeline import METHODS
+
+    for method, spec in METHODS.items():
+        plan = dict(stage_plan(PipelineArguments(runs_dir=str(tmp_path), run_name="r", method=method)))
+        command = plan[method]
+        assert command[1].endswith(spec.script) and command[command.index("--config") + 1] == spec.config
+        assert command[command.index("--model_name_or_path") + 1] == str(tmp_path / "r" / "sft")
+        assert ("--reward" in command) == (spec.reward is not None)
+        assert ("reward" in plan) == (spec.reward == "model")
+    plan = dict(stage_plan(PipelineArguments(runs_dir=str(tmp_path), run_name="r", method="grpo",
+                                             reward="0.5*model,math", sft_model_path="/m/sft")))
+    assert list(plan) == ["reward", "grpo"]  # a given SFT policy skips the SFT stage
+    grpo = plan["grpo"]
+    assert grpo[grpo.index("--reward") + 1] == f"0.5*model:{tmp_path / 'r' / 'reward'},math"
+    assert grpo[grpo.index("--model_name_or_path") + 1] == "/m/sft"
+    plan = dict(stage_plan(PipelineArguments(runs_dir=str(tmp_path), method="ppo", reward_model_path="/m/rm")))
+    assert list(plan) == ["sft", "ppo"] and plan["ppo"][plan["ppo"].index("--reward") + 1] == "model:/m/rm"
+    with pytest.raises(ValueError, match="--reward is for RL methods"):
+        PipelineArguments(method="dpo", reward="math")
+
+
+@pytest.mark.parametrize("method", ["grpo", "kto", "reinforce_pp"])
+def test_method_pipeline_trains_and_reports(tmp_path, tiny_model_dir, method):
+    """--method <m> on a tiny model: SFT -> <m> (verifiable reward for RL methods, no reward model), report."""
+    args = tiny_args(tmp_path, tiny_model_dir, method=method)
+    args.eval_base_model = False
+    text = run_pipeline(args).read_text()
+    results = json.loads((tmp_path / "tiny" / "eval" / "results.json").read_text())
+    assert set(results["policies"]) == {"sft", method} and results["reward_model"] is None
+    assert method in results["kl_vs_sft"] and f"| {method} |" in text
+    assert not (tmp_path / "tiny" / "reward").exists()

@@ -160,7 +160,14 @@ def test_sft_with_lora(tmp_path, tiny_model_dir):
 
 
 CONFIG_PARSERS = {"sft": "train_sft", "reward": "train_reward", "dpo": "train_dpo", "ppo": "train_ppo",
-                  "pipeline": "run_pipeline"}
+                  "kto": "train_kto", "orpo": "train_orpo", "simpo": "train_simpo", "grpo": "train_grpo",
+                  "rloo": "train_rloo", "pipeline": "run_pipeline", "compare": "compare_methods"}
+
+
+def test_every_method_config_has_a_parser():
+    """Every config folder of a stage is covered by the parse test below (a new stage cannot be forgotten)."""
+    folders = {p.name for p in (REPO / "config").iterdir() if p.is_dir()} - {"accelerate", "merge"}
+    assert folders <= set(CONFIG_PARSERS), folders - set(CONFIG_PARSERS)
 
 
 @pytest.mark.parametrize("config", sorted(p.relative_to(REPO) for d in CONFIG_PARSERS

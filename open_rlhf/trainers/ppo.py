@@ -94,6 +94,11 @@ class PPOConfig(TrainingArguments):
         default=None,
         metadata={"help": "Reward model (train_reward.py output). None: the built-in verifiable accuracy reward."},
     )
+    reward: str | None = field(
+        default=None,
+        metadata={"help": "Reward spec (open_rlhf.rewards.build_reward_functions), e.g. 'math,0.1*format'. Default: "
+                          "'model:<reward_model_path>' when a reward model is given, else 'accuracy'."},
+    )
     value_model_path: str | None = field(
         default=None, metadata={"help": "Initial value model. Default: the reward model, else the policy."}
     )

@@ -1,0 +1,241 @@
+"""Compare preference and RL methods trained from one SFT policy: held-out accuracy, reward-model win rate
+against the SFT policy, KL to the SFT policy, wall time and peak memory; writes a CSV, a Markdown table and a PNG.
+
+Every method is a `open_rlhf.pipeline` run in one shared run folder (``<runs_dir>/<run_name>/``): the SFT policy
+and the reward model are trained once (or taken from ``--sft_model_path`` / ``--reward_model_path``), then each
+method's stage is trained from the SFT policy with its preset. A method that already finished, or was already
+evaluated (``compare/<method>.json``), is not redone, so an interrupted comparison continues where it stopped.
+
+Metrics, on the held-out prompts of the pipeline's evaluation (same ``split_seed``; greedy decoding):
+
+* ``accuracy``: share of ``#### N`` answers equal to the gold answer (`open_rlhf.rewards.accuracy_reward`).
+* ``win_rate_vs_sft``: share of prompts where the reward model scores the method's response above the SFT
+  policy's response (ties count 1/2).
+* ``kl_vs_sft``: Monte-Carlo KL(policy || SFT) in nats per sequence, from responses sampled at temperature 1.
+* ``train_seconds`` (the stage's wall time, model loading included) and ``peak_rss_mb`` (the stage process's
+  peak resident memory; ``peak_gpu_mb`` with CUDA).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from open_rlhf import data, stages  # noqa: E402
+from open_rlhf.pipeline import METHODS, PipelineArguments, train_stages  # noqa: E402
+
+CSV_COLUMNS = ["method", "family", "accuracy", "accuracy_delta_vs_sft", "win_rate_vs_sft", "reward_score",
+               "kl_vs_sft", "response_length", "eos_rate", "train_seconds", "peak_rss_mb", "peak_gpu_mb",
+               "global_step", "command"]
+
+
+@dataclass
+class CompareArguments:
+    """Options of `scripts/compare_methods.py`."""
+
+    methods: list[str] = field(
+        default_factory=lambda: list(METHODS), metadata={"help": f"Methods to compare (of: {', '.join(METHODS)})."})
+    run_name: str = field(default="methods", metadata={"help": "Shared run folder: <runs_dir>/<run_name>/."})
+    runs_dir: str = field(default="runs", metadata={"help": "Folder of all runs."})
+    model_name_or_path: str | None = field(
+        default=None, metadata={"help": "Starting model of the SFT stage. Default: embedded SmolLM2-135M-Instruct."})
+    sft_model_path: str | None = field(
+        default=None, metadata={"help": "A finished SFT policy (e.g. runs/default/sft); default: train one."})
+    reward_model_path: str | None = field(
+        default=None, metadata={"help": "A finished reward model (e.g. runs/default/reward); default: train one."})
+    preference_dataset: str = field(default="builtin", metadata={"help": "Pairs of the offline methods and RM."})
+    rl_dataset: str = field(default="builtin", metadata={"help": "Prompts (with gold answers) of RL methods."})
+    sft_dataset: str = field(default="builtin", metadata={"help": "SFT data (when the SFT stage is trained)."})
+    method_args: str = field(default="", metadata={"help": "Extra flags for every method's stage (e.g. smoke runs)."})
+    sft_args: str = field(default="", metadata={"help": "Extra flags for the SFT stage."})
+    reward_args: str = field(default="", metadata={"help": "Extra flags for the reward stage."})
+    eval_prompts: int = field(default=64, metadata={"help": "Held-out prompts."})
+    eval_max_new_tokens: int = field(default=96, metadata={"help": "Generation length of the evaluation."})
+    eval_batch_size: int = field(default=16, metadata={"help": "Prompts per generation batch."})
+    split_seed: int = field(default=42, metadata={"help": "Seed of every train/eval split."})
+
+    def __post_init__(self):
+        unknown = [m for m in self.methods if m not in METHODS]
+        if unknown:
+            raise ValueError(f"--methods: unknown {unknown}; choose from {', '.join(METHODS)}.")
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.runs_dir) / self.run_name
+
+    def pipeline_args(self, method: str) -> PipelineArguments:
+        """The pipeline run of one method: shared run folder, SFT policy and reward model; no per-run report."""
+        return PipelineArguments(
+            run_name=self.run_name, runs_dir=self.runs_dir, method=method, model_name_or_path=self.model_name_or_path,
+            sft_model_path=self.sft_model_path, reward_model_path=self.reward_model_path,
+            sft_dataset=self.sft_dataset, preference_dataset=self.preference_dataset, rl_dataset=self.rl_dataset,
+            sft_args=self.sft_args, reward_args=self.reward_args, method_args=self.method_args,
+            evaluate=False, eval_prompts=self.eval_prompts, split_seed=self.split_seed)
+
+
+def win_rate(scores: list[float], baseline_scores: list[float]) -> float:
+    """Share of prompts where ``scores`` beat ``baseline_scores``; a tie counts 1/2.
+
+    Args:
+        scores: `N` reward-model scores of the method's responses.
+        baseline_scores: `N` scores of the baseline's (SFT) responses to the same prompts.
+
+    Raises:
+        ValueError: when the lists differ in length or are empty.
+    """
+    if len(scores) != len(baseline_scores) or not scores:
+        raise ValueError(f"win_rate needs two equally long, non-empty score lists; got {len(scores)} and "
+                         f"{len(baseline_scores)}.")
+    return sum(1.0 if s > b else 0.5 if s == b else 0.0 for s, b in zip(scores, baseline_scores, strict=True)) / len(scores)
+
+
+def _evaluate(path: Path, prompts, answers, scorer, args: CompareArguments, reference=None) -> dict:
+    from open_rlhf import evaluation, models
+
+    tokenizer = models.load_tokenizer(str(path))
+    policy = models.load_causal_lm(str(path))
+    metrics = evaluation.evaluate_policy(policy, tokenizer, prompts, answers, scorer, args.eval_max_new_tokens,
+                                         args.eval_batch_size)
+    if reference is not None:
+        metrics["kl_vs_sft"] = evaluation.kl_to_reference(policy, reference, tokenizer, prompts,
+                                                          args.eval_max_new_tokens, args.eval_batch_size)
+    return metrics
+
+
+def compare_methods(args: CompareArguments) -> list[dict]:
+    """Train (or reuse) every method of ``args.methods`` from one SFT policy, evaluate each, write the outputs.
+
+    Writes ``<run_dir>/method_comparison.csv``, ``.md`` and ``.png``, and per method ``<run_dir>/compare/<m>.json``.
+
+    Returns:
+        `list[dict]`: one row per method (the CSV columns), SFT first.
+
+    Raises:
+        RuntimeError: when a stage fails (its log path is in the message); the other methods still run first.
+    """
+    from open_rlhf import models
+
+    run = args.run_dir
+    # The shared SFT policy and reward model (the reward model scores every method: win rate vs SFT)
+    shared = args.pipeline_args("ppo")
+    train_stages(shared, only={"sft", "reward"})
+    sft_path, reward_path = shared.sft_path, shared.reward_path
+
+    _, prompts_ds = data.load_splits(args.rl_dataset, "prompt", eval_size=args.eval_prompts, seed=args.split_seed)
+    prompts = list(prompts_ds["prompt"])
+    answers = list(prompts_ds["answer"]) if "answer" in prompts_ds.column_names else None
+    scorer = models.load_reward_scorer(str(reward_path))
+    out = run / "compare"
+
+    def cached(name: str, compute) -> dict:
+        path = out / f"{name}.json"
+        if path.is_file():
+            print(f"=== compare {name}: already evaluated ({path}), skipped", flush=True)
+            return json.loads(path.read_text())
+        result = compute()
+        stages.atomic_write_text(path, json.dumps(result, indent=1))
+        return result
+
+    sft = cached("sft", lambda: _evaluate(sft_path, prompts, answers, scorer, args))
+    reference = None
+    rows = [_row("sft", None, sft, sft, {}, {})]
+    failed = []
+    for method in args.methods:
+        pipeline_args = args.pipeline_args(method)
+        try:
+            state = train_stages(pipeline_args)
+        except RuntimeError as error:  # one broken method must not cost the others' results
+            print(f"=== compare {method}: FAILED, skipped ({error})", flush=True)
+            failed.append(method)
+            continue
+        if reference is None:
+            reference = models.load_causal_lm(str(sft_path))
+        metrics = cached(method, lambda m=method, ref=reference: _evaluate(run / m, prompts, answers, scorer, args, ref))
+        marker = json.loads((run / method / stages.COMPLETE_MARKER).read_text())
+        rows.append(_row(method, METHODS[method], metrics, sft, state["stages"].get(method, {}), marker))
+        write_outputs(rows, run)  # after every method: a partial comparison is already readable
+    if failed:
+        raise RuntimeError(f"Methods {failed} failed (logs: {run}/<method>.log); the others are in "
+                           f"{run / 'method_comparison.csv'}. Fix the cause and re-run: finished work is reused.")
+    return rows
+
+
+def _row(name: str, method, metrics: dict, sft: dict, stage: dict, marker: dict) -> dict:
+    family = "start" if method is None else ("offline" if method.data == "preference" else "online RL")
+    accuracy = metrics.get("accuracy")
+    return {
+        "method": name, "family": family, "accuracy": accuracy,
+        "accuracy_delta_vs_sft": None if accuracy is None else accuracy - sft["accuracy"],
+        "win_rate_vs_sft": None if method is None else win_rate(metrics["scores"], sft["scores"]),
+        "reward_score": metrics.get("reward_score"), "kl_vs_sft": metrics.get("kl_vs_sft", 0.0 if method is None
+                                                                               else None),
+        "response_length": metrics.get("response_length"), "eos_rate": metrics.get("eos_rate"),
+        "train_seconds": stage.get("wall_seconds"), "peak_rss_mb": marker.get("peak_rss_mb"),
+        "peak_gpu_mb": marker.get("peak_gpu_mb"), "global_step": marker.get("global_step"),
+        "command": stage.get("command", "(finished earlier)" if method is not None else ""),
+    }
+
+
+def _fmt(value, spec: str) -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+def markdown_table(rows: list[dict]) -> str:
+    """The comparison as a Markdown table (the README's method table is this output)."""
+    lines = ["| method | accuracy | vs SFT | RM win rate vs SFT | KL to SFT (nats) | train time (s) | "
+             "peak RSS (MB) |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['method']} | {_fmt(r['accuracy'], '.3f')} | {_fmt(r['accuracy_delta_vs_sft'], '+.3f')} | "
+                     f"{_fmt(r['win_rate_vs_sft'], '.3f')} | {_fmt(r['kl_vs_sft'], '.3f')} | "
+                     f"{_fmt(r['train_seconds'], '.0f')} | {_fmt(r['peak_rss_mb'], '.0f')} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_comparison(rows: list[dict], out: Path) -> Path:
+    """Bar charts per method: accuracy (SFT as a line), RM win rate vs SFT (0.5 line), KL to SFT, train time."""
+    panels = [("accuracy", "held-out accuracy"), ("win_rate_vs_sft", "RM win rate vs SFT"),
+              ("kl_vs_sft", "KL to SFT (nats/seq)"), ("train_seconds", "train wall time (s)"),
+              ("peak_rss_mb", "peak RSS (MB)")]
+    methods = [r for r in rows if r["family"] != "start"]
+    names = [r["method"] for r in methods]
+    colors = ["tab:blue" if r["family"] == "offline" else "tab:orange" for r in methods]
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.3 * len(panels), 3.4))
+    for ax, (key, title) in zip(axes, panels, strict=True):
+        values = [r[key] if r[key] is not None else 0.0 for r in methods]
+        ax.bar(names, values, color=colors)
+        for i, v in enumerate(values):
+            ax.text(i, v, f"{v:.2f}" if abs(v) < 10 else f"{v:.0f}", ha="center", va="bottom", fontsize=7)
+        if key == "accuracy":
+            ax.axhline(rows[0]["accuracy"], color="black", lw=1, ls="--", label="SFT")
+            ax.legend(fontsize=7)
+        if key == "win_rate_vs_sft":
+            ax.axhline(0.5, color="black", lw=1, ls="--")
+        ax.set_title(title, fontsize=9)
+        ax.tick_params(axis="x", labelrotation=60, labelsize=7)
+        ax.tick_params(axis="y", labelsize=7)
+    fig.suptitle("Methods from one SFT policy (blue: offline preference, orange: online RL)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def write_outputs(rows: list[dict], run_dir: Path) -> None:
+    """Write ``method_comparison.csv``, ``.md`` and ``.png`` into ``run_dir`` (each atomically)."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS)
+    writer.writeheader()
+    writer.writerows(rows)
+    stages.atomic_write_text(run_dir / "method_comparison.csv", buffer.getvalue())
+    stages.atomic_write_text(run_dir / "method_comparison.md", markdown_table(rows))
+    tmp = run_dir / ".method_comparison.tmp.png"
+    plot_comparison(rows, tmp)
+    tmp.replace(run_dir / "method_comparison.png")
