@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 SHARED ?= ../shared/data
 RUN ?= default
 
-.PHONY: setup model pipeline pipeline-dpo pipeline-real test test-slow lint bench clean-venv
+.PHONY: setup model pipeline pipeline-dpo pipeline-real pipeline-real-methods compare test test-slow lint bench clean-venv
 
 $(STAMP): requirements.txt requirements-test.txt pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -36,6 +36,21 @@ pipeline-real: setup
 		--sft_dataset $(SHARED)/gsm8k/train.jsonl \
 		--preference_dataset $(SHARED)/hh-rlhf/harmless-base/test.jsonl.gz \
 		--rl_dataset $(SHARED)/gsm8k/test.jsonl --run_name real-ci
+
+# RLVR (GRPO + math-verify reward on GSM8K) and KTO (hh-rlhf pairs, unpaired) from pipeline-real's SFT policy.
+REAL_TINY := --max_steps 2 --per_device_train_batch_size 2 --gradient_accumulation_steps 1 --save_steps 1
+pipeline-real-methods: pipeline-real
+	$(PY) scripts/run_pipeline.py --config config/pipeline/real_ci.yaml --method grpo \
+		--sft_model_path runs/real-ci/sft --rl_dataset $(SHARED)/gsm8k/test.jsonl --run_name real-ci-grpo \
+		--method_args "$(REAL_TINY) --num_generations 2 --max_completion_length 32"
+	$(PY) scripts/run_pipeline.py --config config/pipeline/real_ci.yaml --method kto \
+		--sft_model_path runs/real-ci/sft --rl_dataset $(SHARED)/gsm8k/test.jsonl --run_name real-ci-kto \
+		--preference_dataset $(SHARED)/hh-rlhf/harmless-base/test.jsonl.gz \
+		--method_args "$(REAL_TINY) --max_length 384"
+
+# Every method from one SFT policy on the built-in task: runs/methods/method_comparison.{csv,md,png} (~1.5 h on 2 cores)
+compare: setup
+	$(PY) scripts/compare_methods.py --config config/compare/default.yaml
 
 test: setup
 	$(PY) -m pytest -m "not slow and not gpu and not network" -q

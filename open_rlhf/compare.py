@@ -19,6 +19,7 @@ Metrics, on the held-out prompts of the pipeline's evaluation (same ``split_seed
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 from dataclasses import dataclass, field
@@ -55,6 +56,8 @@ class CompareArguments:
     rl_dataset: str = field(default="builtin", metadata={"help": "Prompts (with gold answers) of RL methods."})
     sft_dataset: str = field(default="builtin", metadata={"help": "SFT data (when the SFT stage is trained)."})
     method_args: str = field(default="", metadata={"help": "Extra flags for every method's stage (e.g. smoke runs)."})
+    offline_args: str = field(default="", metadata={"help": "Extra flags for the preference methods' stages only."})
+    online_args: str = field(default="", metadata={"help": "Extra flags for the RL methods' stages only."})
     sft_args: str = field(default="", metadata={"help": "Extra flags for the SFT stage."})
     reward_args: str = field(default="", metadata={"help": "Extra flags for the reward stage."})
     eval_prompts: int = field(default=64, metadata={"help": "Held-out prompts."})
@@ -77,7 +80,9 @@ class CompareArguments:
             run_name=self.run_name, runs_dir=self.runs_dir, method=method, model_name_or_path=self.model_name_or_path,
             sft_model_path=self.sft_model_path, reward_model_path=self.reward_model_path,
             sft_dataset=self.sft_dataset, preference_dataset=self.preference_dataset, rl_dataset=self.rl_dataset,
-            sft_args=self.sft_args, reward_args=self.reward_args, method_args=self.method_args,
+            sft_args=self.sft_args, reward_args=self.reward_args,
+            method_args=" ".join([self.method_args, self.offline_args if METHODS[method].data == "preference"
+                                  else self.online_args]).strip(),
             evaluate=False, eval_prompts=self.eval_prompts, split_seed=self.split_seed)
 
 
@@ -145,7 +150,7 @@ def compare_methods(args: CompareArguments) -> list[dict]:
         return result
 
     sft = cached("sft", lambda: _evaluate(sft_path, prompts, answers, scorer, args))
-    reference = None
+    reference = functools.cache(lambda: models.load_causal_lm(str(sft_path)))  # the SFT policy, for KL; loaded once
     rows = [_row("sft", None, sft, sft, {}, {})]
     failed = []
     for method in args.methods:
@@ -156,9 +161,7 @@ def compare_methods(args: CompareArguments) -> list[dict]:
             print(f"=== compare {method}: FAILED, skipped ({error})", flush=True)
             failed.append(method)
             continue
-        if reference is None:
-            reference = models.load_causal_lm(str(sft_path))
-        metrics = cached(method, lambda m=method, ref=reference: _evaluate(run / m, prompts, answers, scorer, args, ref))
+        metrics = cached(method, lambda m=method: _evaluate(run / m, prompts, answers, scorer, args, reference()))
         marker = json.loads((run / method / stages.COMPLETE_MARKER).read_text())
         rows.append(_row(method, METHODS[method], metrics, sft, state["stages"].get(method, {}), marker))
         write_outputs(rows, run)  # after every method: a partial comparison is already readable
@@ -212,7 +215,8 @@ def plot_comparison(rows: list[dict], out: Path) -> Path:
         values = [r[key] if r[key] is not None else 0.0 for r in methods]
         ax.bar(names, values, color=colors)
         for i, v in enumerate(values):
-            ax.text(i, v, f"{v:.2f}" if abs(v) < 10 else f"{v:.0f}", ha="center", va="bottom", fontsize=7)
+            label = f"{v:.2f}" if abs(v) < 10 else f"{v:.0f}" if abs(v) < 1000 else f"{v / 1000:.1f}k"
+            ax.text(i, v, label, ha="center", va="bottom", fontsize=7)
         if key == "accuracy":
             ax.axhline(rows[0]["accuracy"], color="black", lw=1, ls="--", label="SFT")
             ax.legend(fontsize=7)

@@ -90,7 +90,7 @@ def test_ppo_main_with_reward_model(stage_outputs):
                for h in state["log_history"])
     assert changed(weights(stage_outputs / "sft"), weights(out))
     assert (out / "value_model" / "model.safetensors").is_file()
-    assert json.loads((out / "training_complete.json").read_text())["reward"] == str(stage_outputs / "reward")
+    assert json.loads((out / "training_complete.json").read_text())["reward"] == f"model:{stage_outputs / 'reward'}"
 
 
 def test_ppo_main_defaults_to_verifiable_reward(tmp_path, tiny_model_dir):

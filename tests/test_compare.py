@@ -1,0 +1,44 @@
+"""The method comparison: win rate by hand, and compare_methods end to end on a tiny model (resumable)."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+
+from open_rlhf.compare import CompareArguments, compare_methods, win_rate
+from tests.test_pipeline import METHOD_ARGS, TINY_STAGE
+
+
+def test_win_rate_hand_computed():
+    """Scores [1, 2, 3, 0] vs baseline [0, 2, 4, 0]: win, tie, loss, tie -> (1 + 0.5 + 0 + 0.5) / 4 = 0.5."""
+    assert win_rate([1, 2, 3, 0], [0, 2, 4, 0]) == 0.5
+    assert win_rate([2, 2], [1, 1]) == 1.0
+    with pytest.raises(ValueError, match="equally long"):
+        win_rate([1.0], [1.0, 2.0])
+
+
+def test_compare_methods_writes_csv_png_and_reuses_finished_work(tmp_path, tiny_model_dir, capsys):
+    """Two methods (one offline, one online) from one tiny SFT policy and reward model; a rerun redoes nothing."""
+    args = CompareArguments(
+        methods=["simpo", "rloo"], run_name="cmp", runs_dir=str(tmp_path), model_name_or_path=str(tiny_model_dir),
+        sft_args=f"--max_steps 1 {TINY_STAGE}", reward_args=f"--max_steps 1 {TINY_STAGE}",
+        offline_args=METHOD_ARGS["simpo"], online_args=METHOD_ARGS["rloo"], eval_prompts=4, eval_max_new_tokens=8, eval_batch_size=4)
+    rows = compare_methods(args)
+    run = tmp_path / "cmp"
+    assert [r["method"] for r in rows] == ["sft", "simpo", "rloo"]
+    with open(run / "method_comparison.csv") as f:
+        table = list(csv.DictReader(f))
+    assert [r["method"] for r in table] == ["sft", "simpo", "rloo"]
+    for row in rows[1:]:
+        assert 0.0 <= row["accuracy"] <= 1.0 and 0.0 <= row["win_rate_vs_sft"] <= 1.0
+        assert row["kl_vs_sft"] is not None and row["train_seconds"] > 0 and row["peak_rss_mb"] > 0
+        assert row["accuracy_delta_vs_sft"] == pytest.approx(row["accuracy"] - rows[0]["accuracy"])
+    assert (run / "method_comparison.png").stat().st_size > 5000
+    assert "| simpo |" in (run / "method_comparison.md").read_text()
+
+    capsys.readouterr()
+    again = compare_methods(args)
+    out = capsys.readouterr().out
+    assert out.count("already evaluated") == 3 and out.count("already finished") >= 3
+    assert [r["accuracy"] for r in again] == [r["accuracy"] for r in rows]
