@@ -29,7 +29,7 @@ def test_pipeline_on_default_model(tmp_path):
     report = run_pipeline(PipelineArguments(
         run_name="slow", runs_dir=str(tmp_path), sft_args=f"--max_steps 2 {small}",
         reward_args=f"--max_steps 2 {small}",
-        ppo_args=f"--max_steps 1 {small} --gradient_accumulation_steps 1 --response_length 16",
+        method_args=f"--max_steps 1 {small} --gradient_accumulation_steps 1 --response_length 16",
         eval_prompts=4, eval_pairs=4, eval_max_new_tokens=32, eval_batch_size=4, eval_base_model=False))
     results = json.loads((tmp_path / "slow" / "eval" / "results.json").read_text())
     assert set(results["policies"]) == {"sft", "ppo"} and report.is_file()
