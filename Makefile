@@ -48,7 +48,8 @@ pipeline-real-methods: pipeline-real
 		--preference_dataset $(SHARED)/hh-rlhf/harmless-base/test.jsonl.gz \
 		--method_args "$(REAL_TINY) --max_length 384"
 
-# Every method from one SFT policy on the built-in task: runs/methods/method_comparison.{csv,md,png} (~1.5 h on 2 cores)
+# Every method from one SFT policy on the built-in task: runs/methods/method_comparison.{csv,md,png}
+# (78 min on 2 cores with the SFT policy and reward model given; about 8 min more to train them)
 compare: setup
 	$(PY) scripts/compare_methods.py --config config/compare/default.yaml
 

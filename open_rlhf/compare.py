@@ -9,6 +9,7 @@ evaluated (``compare/<method>.json``), is not redone, so an interrupted comparis
 Metrics, on the held-out prompts of the pipeline's evaluation (same ``split_seed``; greedy decoding):
 
 * ``accuracy``: share of ``#### N`` answers equal to the gold answer (`open_rlhf.rewards.accuracy_reward`).
+* ``fixed_vs_sft`` / ``broke_vs_sft``: prompts answered right where the SFT policy was wrong, and the reverse.
 * ``win_rate_vs_sft``: share of prompts where the reward model scores the method's response above the SFT
   policy's response (ties count 1/2).
 * ``kl_vs_sft``: Monte-Carlo KL(policy || SFT) in nats per sequence, from responses sampled at temperature 1.
@@ -33,7 +34,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 from open_rlhf import data, stages  # noqa: E402
 from open_rlhf.pipeline import METHODS, PipelineArguments, train_stages  # noqa: E402
 
-CSV_COLUMNS = ["method", "family", "accuracy", "accuracy_delta_vs_sft", "win_rate_vs_sft", "reward_score",
+CSV_COLUMNS = ["method", "family", "accuracy", "accuracy_delta_vs_sft", "fixed_vs_sft", "broke_vs_sft",
+               "win_rate_vs_sft", "reward_score",
                "kl_vs_sft", "response_length", "eos_rate", "train_seconds", "peak_rss_mb", "peak_gpu_mb",
                "global_step", "command"]
 
@@ -174,9 +176,13 @@ def compare_methods(args: CompareArguments) -> list[dict]:
 def _row(name: str, method, metrics: dict, sft: dict, stage: dict, marker: dict) -> dict:
     family = "start" if method is None else ("offline" if method.data == "preference" else "online RL")
     accuracy = metrics.get("accuracy")
+    pairs = list(zip(sft.get("correct", []), metrics.get("correct", []), strict=True))
     return {
         "method": name, "family": family, "accuracy": accuracy,
         "accuracy_delta_vs_sft": None if accuracy is None else accuracy - sft["accuracy"],
+        # prompts the method answers right where the SFT policy was wrong, and the reverse
+        "fixed_vs_sft": sum(a == 0 and b == 1 for a, b in pairs) if pairs else None,
+        "broke_vs_sft": sum(a == 1 and b == 0 for a, b in pairs) if pairs else None,
         "win_rate_vs_sft": None if method is None else win_rate(metrics["scores"], sft["scores"]),
         "reward_score": metrics.get("reward_score"), "kl_vs_sft": metrics.get("kl_vs_sft", 0.0 if method is None
                                                                                else None),
@@ -193,10 +199,11 @@ def _fmt(value, spec: str) -> str:
 
 def markdown_table(rows: list[dict]) -> str:
     """The comparison as a Markdown table (the README's method table is this output)."""
-    lines = ["| method | accuracy | vs SFT | RM win rate vs SFT | KL to SFT (nats) | train time (s) | "
-             "peak RSS (MB) |", "|---|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| method | accuracy | vs SFT | fixed / broke | RM win rate vs SFT | KL to SFT (nats) | train time (s) | "
+             "peak RSS (MB) |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r['method']} | {_fmt(r['accuracy'], '.3f')} | {_fmt(r['accuracy_delta_vs_sft'], '+.3f')} | "
+                     f"{_fmt(r['fixed_vs_sft'], 'd')} / {_fmt(r['broke_vs_sft'], 'd')} | "
                      f"{_fmt(r['win_rate_vs_sft'], '.3f')} | {_fmt(r['kl_vs_sft'], '.3f')} | "
                      f"{_fmt(r['train_seconds'], '.0f')} | {_fmt(r['peak_rss_mb'], '.0f')} |")
     return "\n".join(lines) + "\n"
