@@ -31,7 +31,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from open_rlhf import data, stages  # noqa: E402
+from open_rlhf import stages  # noqa: E402
 from open_rlhf.pipeline import METHODS, PipelineArguments, train_stages  # noqa: E402
 
 CSV_COLUMNS = ["method", "family", "accuracy", "accuracy_delta_vs_sft", "fixed_vs_sft", "broke_vs_sft",
@@ -128,7 +128,7 @@ def compare_methods(args: CompareArguments) -> list[dict]:
     Raises:
         RuntimeError: when a stage fails (its log path is in the message); the other methods still run first.
     """
-    from open_rlhf import models
+    from open_rlhf import evaluation, models
 
     run = args.run_dir
     # The shared SFT policy and reward model (the reward model scores every method: win rate vs SFT)
@@ -136,9 +136,7 @@ def compare_methods(args: CompareArguments) -> list[dict]:
     train_stages(shared, only={"sft", "reward"})
     sft_path, reward_path = shared.sft_path, shared.reward_path
 
-    _, prompts_ds = data.load_splits(args.rl_dataset, "prompt", eval_size=args.eval_prompts, seed=args.split_seed)
-    prompts = list(prompts_ds["prompt"])
-    answers = list(prompts_ds["answer"]) if "answer" in prompts_ds.column_names else None
+    prompts, answers = evaluation.held_out_prompts(args.rl_dataset, args.eval_prompts, args.split_seed)
     scorer = models.load_reward_scorer(str(reward_path))
     out = run / "compare"
 

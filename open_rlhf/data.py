@@ -55,6 +55,7 @@ FORMATS = {
     "prompt_only": "prompt",
     "unpaired_preference": "prompt, completion, label",
 }
+PAIR_FORMATS = ("hh_rlhf", "preference", "implicit_preference")  # the formats that hold preference pairs
 BUILTIN_SOURCES = ("builtin", "builtin:arithmetic")
 BUILTIN_SIZES = {"sft": 2000, "preference": 2000, "prompt": 2000}
 EVAL_SPLITS = ("eval", "test", "validation")
@@ -622,7 +623,7 @@ def load_sft_dataset(source: str, split: str = "train", builtin_size: int = BUIL
         dataset = arithmetic.sft_dataset(builtin_size, split=_builtin_split(split))
         return _truncate(dataset, max_samples, seed)
     fmt, rows, name = _load(source, split, conversational)
-    if fmt in ("hh_rlhf", "preference", "implicit_preference"):
+    if fmt in PAIR_FORMATS:
         rows = [{"prompt": r["prompt"], "completion": r["chosen"], **_extra(r)} for r in rows]
     elif fmt == "unpaired_preference":
         rows = [{"prompt": r["prompt"], "completion": r["completion"], **_extra(r)} for r in rows if r["label"]]
@@ -657,7 +658,7 @@ def load_preference_dataset(source: str, split: str = "train", builtin_size: int
         dataset = arithmetic.preference_dataset(builtin_size, split=_builtin_split(split))
         return _truncate(dataset, max_samples, seed)
     fmt, rows, name = _load(source, split, conversational)
-    if fmt not in ("hh_rlhf", "preference", "implicit_preference"):
+    if fmt not in PAIR_FORMATS:
         raise DataFormatError(f"{name} is in the {fmt} format ({FORMATS[fmt]}), not preference pairs. Fix: use "
                               f"a dataset with columns {FORMATS['preference']}, or hh-rlhf transcripts.")
     return _truncate(_to_dataset(rows, name), max_samples, seed)
@@ -699,7 +700,7 @@ def load_unpaired_dataset(source: str, split: str = "train", builtin_size: int =
     fmt, rows, name = _load(source, split, conversational)
     if fmt == "unpaired_preference":
         return _truncate(_to_dataset(rows, name), max_samples, seed)
-    if fmt not in ("hh_rlhf", "preference", "implicit_preference"):
+    if fmt not in PAIR_FORMATS:
         raise DataFormatError(f"{name} is in the {fmt} format ({FORMATS[fmt]}), not (un)paired preferences. Fix: "
                               f"use columns {FORMATS['unpaired_preference']} or {FORMATS['preference']}.")
     return _truncate(unpair(_to_dataset(rows, name)), max_samples, seed)

@@ -14,6 +14,19 @@ from open_rlhf.rewards import RewardModelScorer, accuracy_reward
 from open_rlhf.trainers.ppo import response_mask_after_eos
 
 
+def held_out_prompts(source: str, eval_prompts: int, seed: int) -> tuple[list, list[str] | None]:
+    """The held-out prompts every stage kept out of training (`open_rlhf.data.load_splits`, kind ``"prompt"``).
+
+    Returns:
+        `(prompts, answers)`: `N` conversational prompts and their `N` gold answers (None when the data has none).
+    """
+    from open_rlhf import data
+
+    _, prompts_ds = data.load_splits(source, "prompt", eval_size=eval_prompts, seed=seed)
+    answers = list(prompts_ds["answer"]) if "answer" in prompts_ds.column_names else None
+    return list(prompts_ds["prompt"]), answers
+
+
 @torch.no_grad()
 def generate(
     model, tokenizer, prompts: Sequence, max_new_tokens: int = 96, batch_size: int = 16, do_sample: bool = False,

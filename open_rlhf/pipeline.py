@@ -126,8 +126,10 @@ class PipelineArguments:
 
     @property
     def uses_reward_model(self) -> bool:
+        from open_rlhf.rewards import parse_reward_spec
+
         spec = self.reward_spec
-        return spec is not None and any(name == REWARD_MODEL for _, name in _reward_terms(spec))
+        return spec is not None and any(_bare_reward_model(t) for t in parse_reward_spec(spec))
 
     @property
     def sft_path(self) -> Path:
@@ -140,19 +142,16 @@ class PipelineArguments:
         return self.run_dir / "reward" if self.uses_reward_model else None
 
 
-def _reward_terms(spec: str) -> list[tuple[str, str]]:
-    """``"0.5*model,math"`` -> ``[("0.5*", "model"), ("", "math")]``: each term's weight prefix and name."""
-    terms = []
-    for term in spec.split(","):
-        weight, star, name = term.strip().rpartition("*")
-        terms.append((weight + star, name.strip()))
-    return terms
+def _bare_reward_model(term) -> bool:
+    """Whether a parsed reward term is ``model`` without a path: the pipeline's own reward model."""
+    return term.name == REWARD_MODEL and term.argument is None
 
 
 def _resolve_reward_model(spec: str, reward_path: Path) -> str:
     """Replace the bare ``model`` terms of a reward spec by ``model:<reward_path>``."""
-    return ",".join(w + (f"{REWARD_MODEL}:{reward_path}" if name == REWARD_MODEL else name)
-                    for w, name in _reward_terms(spec))
+    from open_rlhf.rewards import parse_reward_spec
+
+    return ",".join(t.text + (f":{reward_path}" if _bare_reward_model(t) else "") for t in parse_reward_spec(spec))
 
 
 def stage_plan(args: PipelineArguments) -> list[tuple[str, list[str]]]:

@@ -27,21 +27,15 @@ CURVES = {
     "ppo": {"objective/scores": "score (reward model)", "objective/kl": "KL to reference (nats/seq)",
             "objective/entropy": "entropy (nats/token)", "loss/value": "value loss",
             "response/length": "response length (tokens)", "response/eos_rate": "EOS rate"},
-}
-
-
-_PREFERENCE_CURVES = {"loss": "train loss", "rewards/margins": "implicit reward margin",
-                      "rewards/accuracies": "implicit reward accuracy", "eval_loss": "eval loss"}
-_ONLINE_CURVES = {"reward": "reward (mean of the group)", "kl": "KL to reference", "entropy": "entropy (nats/token)",
-                  "completions/mean_length": "completion length (tokens)"}
-CURVES.update({
-    "rlvr": CURVES["ppo"], "reinforce_pp": CURVES["ppo"], "dpo": _PREFERENCE_CURVES, "ipo": _PREFERENCE_CURVES,
-    "simpo": _PREFERENCE_CURVES, "kto": {"loss": "train loss", "rewards/margins": "implicit reward margin",
-                                         "kl": "KL estimate (z_0)", "eval_loss": "eval loss"},
+    "kto": {"loss": "train loss", "rewards/margins": "implicit reward margin", "kl": "KL estimate (z_0)",
+            "eval_loss": "eval loss"},
     "orpo": {"loss": "train loss", "nll_loss": "NLL of chosen", "log_odds_ratio": "log odds ratio",
              "rewards/accuracies": "implicit reward accuracy"},
-    "grpo": _ONLINE_CURVES, "rloo": _ONLINE_CURVES,
-})
+    "grpo": {"reward": "reward (mean of the group)", "kl": "KL to reference", "entropy": "entropy (nats/token)",
+             "completions/mean_length": "completion length (tokens)"},
+}
+CURVES.update(ipo=CURVES["dpo"], simpo=CURVES["dpo"], rloo=CURVES["grpo"], rlvr=CURVES["ppo"],
+              reinforce_pp=CURVES["ppo"])  # the same logged keys as the trainer they share
 
 
 def evaluate_run(args) -> dict:
@@ -56,10 +50,8 @@ def evaluate_run(args) -> dict:
     from open_rlhf import evaluation, models
 
     run = args.run_dir
-    _, prompts_ds = data.load_splits(args.eval_dataset or args.rl_dataset, "prompt", eval_size=args.eval_prompts,
-                                     seed=args.split_seed)
-    prompts = list(prompts_ds["prompt"])
-    answers = list(prompts_ds["answer"]) if "answer" in prompts_ds.column_names else None
+    prompts, answers = evaluation.held_out_prompts(args.eval_dataset or args.rl_dataset, args.eval_prompts,
+                                                   args.split_seed)
     final = args.method
     policy_paths = {"sft": args.sft_path, final: run / final}
     if args.eval_base_model:

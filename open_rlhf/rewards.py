@@ -449,6 +449,48 @@ def _build_term(name: str, argument: str | None, where: str) -> tuple[RewardFunc
     raise ValueError(f"{where}: unknown reward name {name!r}. {_SPEC_HELP}")
 
 
+@dataclass(frozen=True)
+class RewardTerm:
+    """One term of a reward spec, as written: ``text`` (stripped), ``weight`` (1.0 when omitted), ``name``,
+    ``argument`` (None without a ``:``) and ``where`` (the term's position, for error messages)."""
+
+    text: str
+    weight: float
+    name: str
+    argument: str | None
+    where: str
+
+
+def parse_reward_spec(spec: str) -> list[RewardTerm]:
+    """Split a reward spec into its terms and check their syntax (not the names; see `build_reward_functions`).
+
+    Raises:
+        ValueError: on an empty spec or term, or a weight that is not a finite number.
+    """
+    if not isinstance(spec, str) or not spec.strip():
+        raise ValueError(f"Empty reward spec {spec!r}. {_SPEC_HELP}")
+    terms = []
+    for index, raw_term in enumerate(spec.split(",")):
+        term = raw_term.strip()
+        where = f"reward spec {spec!r}, term {index + 1} {term!r}"
+        if not term:
+            raise ValueError(f"{where}: empty term (a stray comma?). {_SPEC_HELP}")
+        weight = 1.0
+        if "*" in term:
+            weight_text, term_body = (part.strip() for part in term.split("*", 1))
+            try:
+                weight = float(weight_text)
+            except ValueError:
+                weight = math.nan
+            if not math.isfinite(weight):
+                raise ValueError(f"{where}: weight {weight_text!r} is not a finite number. {_SPEC_HELP}")
+        else:
+            term_body = term
+        name, colon, argument = term_body.partition(":")
+        terms.append(RewardTerm(term, weight, name.strip(), argument.strip() if colon else None, where))
+    return terms
+
+
 def build_reward_functions(spec: str) -> RewardSpec:
     """Parse a reward spec string into a `RewardSpec` (see the module docstring for the grammar).
 
@@ -471,32 +513,13 @@ def build_reward_functions(spec: str) -> RewardSpec:
             malformed argument; the message names the term, the valid names and an example.
         FileNotFoundError: when a ``model:PATH`` directory does not exist.
     """
-    if not isinstance(spec, str) or not spec.strip():
-        raise ValueError(f"Empty reward spec {spec!r}. {_SPEC_HELP}")
     funcs, weights, names, base_names, columns = [], [], [], [], []
-    for index, raw_term in enumerate(spec.split(",")):
-        term = raw_term.strip()
-        where = f"reward spec {spec!r}, term {index + 1} {term!r}"
-        if not term:
-            raise ValueError(f"{where}: empty term (a stray comma?). {_SPEC_HELP}")
-        weight = 1.0
-        if "*" in term:
-            weight_text, term_body = (part.strip() for part in term.split("*", 1))
-            try:
-                weight = float(weight_text)
-            except ValueError:
-                weight = math.nan
-            if not math.isfinite(weight):
-                raise ValueError(f"{where}: weight {weight_text!r} is not a finite number. {_SPEC_HELP}")
-        else:
-            term_body = term
-        name, _, argument = term_body.partition(":")
-        name = name.strip()
-        func, needed = _build_term(name, argument.strip() if ":" in term_body else None, where)
+    for term in parse_reward_spec(spec):
+        func, needed = _build_term(term.name, term.argument, term.where)
         funcs.append(func)
-        weights.append(weight)
-        base_names.append(name)
-        names.append(name if base_names.count(name) == 1 else f"{name}_{base_names.count(name)}")
+        weights.append(term.weight)
+        base_names.append(term.name)
+        names.append(term.name if base_names.count(term.name) == 1 else f"{term.name}_{base_names.count(term.name)}")
         columns.extend(c for c in needed if c not in columns)
     return RewardSpec(funcs, weights, names, tuple(columns))
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from open_rlhf import data, evaluation, models
+from open_rlhf import evaluation, models
 from open_rlhf.benchmark import append_csv, print_table
 from open_rlhf.merging.merge import merge_models
 from open_rlhf.stages import atomic_write_text
@@ -47,9 +47,7 @@ def compare_merges(inputs: dict[str, str], base_model: str, output_dir: str | Pa
         raise ValueError(f"compare_merges takes exactly two input models, got {len(inputs)}: {list(inputs)}.")
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    _, prompts_ds = data.load_splits(eval_source, "prompt", eval_size=eval_prompts, seed=split_seed)
-    prompts = list(prompts_ds["prompt"])
-    answers = list(prompts_ds["answer"]) if "answer" in prompts_ds.column_names else None
+    prompts, answers = evaluation.held_out_prompts(eval_source, eval_prompts, split_seed)
     scorer = models.load_reward_scorer(reward_model_path) if reward_model_path else None
 
     candidates = [("base", "input", base_model)] + [(name, "input", path) for name, path in inputs.items()]
