@@ -60,7 +60,7 @@ test-slow: setup
 	$(PY) -m pytest -m "slow" -q
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check open_rlhf scripts tests eval interpret kernels web_demo
+	$(VENV)/bin/ruff check open_rlhf scripts tests kernels
 
 bench: setup
 	$(PY) scripts/bench_ppo.py

@@ -126,10 +126,10 @@ def print_table(rows: list[dict], header: str) -> None:
 
 
 def append_csv(rows: list[dict], path: Path, context: dict) -> None:
-    from open_rlhf import benchmark
+    from open_rlhf import atomic
 
     rounded = [{k: round(v, 5) if isinstance(v, float) else v for k, v in r.items()} for r in rows]
-    benchmark.append_csv(rounded, path, context)  # atomic rewrite; earlier rows kept
+    atomic.append_csv(rounded, path, context)  # atomic rewrite; earlier rows kept
 
 
 def make_parser() -> argparse.ArgumentParser:

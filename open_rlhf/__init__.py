@@ -1,7 +1,15 @@
 """open_rlhf: an open, reproducible RLHF pipeline over Hugging Face TRL.
 
-Stages (SFT, reward model, DPO, PPO) are thin wrappers of TRL's trainers in ``scripts/``; this package holds
-only what TRL lacks: data conversion, the default-model bootstrap, our PPO trainer, reports.
+Nine stages (SFT, reward model, DPO/IPO, KTO, ORPO, SimPO, GRPO, RLOO, PPO/REINFORCE++) run through one runner
+(`open_rlhf.stages`, the ``open-rlhf <stage>`` command and ``scripts/train_<stage>.py``); the pipeline
+(`open_rlhf.pipeline`) chains them and reports. The package holds only what TRL lacks: the data layer and the
+built-in task, the default-model bootstrap, our PPO and SimPO trainers, rewards, evaluation and reports, model
+merging and a fused Triton RMSNorm. Layers, bottom up (a module imports only those below it):
+
+- ``errors``, ``atomic``, ``memory``, ``hardware``, ``logs``, ``rl_math``, ``tasks``: leaves;
+- ``models``, ``config``, ``data``, ``outputs``, ``progress``, ``kernels``;
+- ``rewards``, ``trainers``, ``evaluation``, ``merging``, ``benchmark``;
+- ``stages``, ``report``; then ``pipeline``, ``compare``; ``cli`` on top.
 """
 
 __version__ = "0.1.0"

@@ -1,4 +1,6 @@
-"""Benchmark helpers: peak memory of a block, the machine's matmul GFLOP/s, tables and CSV rows.
+"""Benchmark helpers: the machine's matmul GFLOP/s, tables, and the columns that say where a row was measured.
+
+Peak memory is `open_rlhf.memory.PeakMemory`; CSV rows are appended with `open_rlhf.atomic.append_csv`.
 
 Speed and memory are measured in benchmark scripts (``scripts/bench_*.py``), never asserted in timed tests;
 each script reports ratios against a baseline measured in the same process.
@@ -6,61 +8,10 @@ each script reports ratios against a baseline measured in the same process.
 
 from __future__ import annotations
 
-import csv
-import os
-import threading
 import time
 from pathlib import Path
 
 import torch
-
-
-class PeakMemory:
-    """Context manager measuring the peak memory of a block, in MB.
-
-    On CUDA it reads ``torch.cuda.max_memory_allocated`` (reset on entry). On the CPU it samples the process's
-    resident set size every ``interval`` seconds in a thread (``ru_maxrss`` cannot be reset, so it cannot tell
-    two blocks of one process apart). ``peak_mb`` is the highest value seen, ``delta_mb`` that minus the value
-    on entry (what the block added).
-    """
-
-    def __init__(self, interval: float = 0.01):
-        self.interval = interval
-        self.peak_mb = self.start_mb = self.delta_mb = 0.0
-        self._stop = threading.Event()
-
-    @staticmethod
-    def _rss_mb() -> float:
-        import psutil
-
-        return psutil.Process(os.getpid()).memory_info().rss / 2**20
-
-    def _sample(self):
-        while not self._stop.is_set():
-            self.peak_mb = max(self.peak_mb, self._rss_mb())
-            time.sleep(self.interval)
-
-    def __enter__(self):
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            self.start_mb = torch.cuda.memory_allocated() / 2**20
-        else:
-            self.start_mb = self.peak_mb = self._rss_mb()
-            self._thread = threading.Thread(target=self._sample, daemon=True)
-            self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-            self.peak_mb = torch.cuda.max_memory_allocated() / 2**20
-        else:
-            self._stop.set()
-            self._thread.join()
-            self.peak_mb = max(self.peak_mb, self._rss_mb())
-        self.delta_mb = self.peak_mb - self.start_mb
-        return False
 
 
 def matmul_gflops(dtype: torch.dtype = torch.float32, n: int = 2048, repeats: int = 5) -> float:
@@ -103,25 +54,6 @@ def print_table(rows: list[dict], columns: list[str], title: str | None = None) 
         print("  ".join(v.rjust(w) for v, w in zip(row, widths, strict=True)))
 
 
-def append_csv(rows: list[dict], path: str | Path, context: dict | None = None) -> Path:
-    """Append ``rows`` (plus ``context`` columns such as machine and versions) to a CSV, rewriting it atomically
-    so an interrupted run never leaves a torn file; earlier rows are kept."""
-    from open_rlhf.stages import atomic_write_text
-
-    path = Path(path)
-    rows = [{**(context or {}), **r} for r in rows]
-    old = list(csv.DictReader(path.open())) if path.is_file() else []
-    fields = list(dict.fromkeys([k for r in old + rows for k in r]))
-    import io
-
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=fields)
-    writer.writeheader()
-    writer.writerows(old + rows)
-    atomic_write_text(path, buffer.getvalue())
-    return path
-
-
 def machine_context() -> dict:
     """Columns that identify where a benchmark ran."""
     import platform
@@ -129,6 +61,23 @@ def machine_context() -> dict:
     import transformers
     import trl
 
+    from open_rlhf.hardware import describe_cpu
+
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu x{torch.get_num_threads()}"
-    return {"date": time.strftime("%Y-%m-%d %H:%M"), "device": device, "machine": platform.processor() or platform.machine(),
+    return {"date": time.strftime("%Y-%m-%d %H:%M"), "device": device, "cpu": describe_cpu(),
+            "machine": platform.processor() or platform.machine(),
             "torch": torch.__version__, "transformers": transformers.__version__, "trl": trl.__version__}
+
+
+def report(rows: list[dict], columns: list[str], title: str, csv_path: str | Path, model: str) -> Path:
+    """Print ``rows`` as a table, append them to ``csv_path`` with the machine's context columns, say where.
+
+    Returns:
+        `Path`: the CSV file (earlier rows kept; `open_rlhf.atomic.append_csv`).
+    """
+    from open_rlhf.atomic import append_csv
+
+    print_table(rows, columns, title=f"{title}\n{machine_context()['cpu'] if not torch.cuda.is_available() else ''}")
+    path = append_csv(rows, csv_path, {**machine_context(), "model": model})
+    print(f"rows appended to {path}")
+    return path

@@ -31,8 +31,11 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from open_rlhf import stages  # noqa: E402
+from open_rlhf import outputs  # noqa: E402
+from open_rlhf.atomic import atomic_write_text  # noqa: E402
+from open_rlhf.errors import ConfigError, StageFailedError, parse_config, user_errors  # noqa: E402
 from open_rlhf.pipeline import METHODS, PipelineArguments, train_stages  # noqa: E402
+from open_rlhf.rewards import RewardModelScorer  # noqa: E402
 
 CSV_COLUMNS = ["method", "family", "accuracy", "accuracy_delta_vs_sft", "fixed_vs_sft", "broke_vs_sft",
                "win_rate_vs_sft", "reward_score",
@@ -70,7 +73,7 @@ class CompareArguments:
     def __post_init__(self):
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown:
-            raise ValueError(f"--methods: unknown {unknown}; choose from {', '.join(METHODS)}.")
+            raise ConfigError(f"--methods: unknown {unknown}; choose from {', '.join(METHODS)}.")
 
     @property
     def run_dir(self) -> Path:
@@ -126,7 +129,7 @@ def compare_methods(args: CompareArguments) -> list[dict]:
         `list[dict]`: one row per method (the CSV columns), SFT first.
 
     Raises:
-        RuntimeError: when a stage fails (its log path is in the message); the other methods still run first.
+        StageFailedError: when a stage fails (its log path is in the message); the other methods still run first.
     """
     from open_rlhf import evaluation, models
 
@@ -137,7 +140,7 @@ def compare_methods(args: CompareArguments) -> list[dict]:
     sft_path, reward_path = shared.sft_path, shared.reward_path
 
     prompts, answers = evaluation.held_out_prompts(args.rl_dataset, args.eval_prompts, args.split_seed)
-    scorer = models.load_reward_scorer(str(reward_path))
+    scorer = RewardModelScorer.from_pretrained(str(reward_path))
     out = run / "compare"
 
     def cached(name: str, compute) -> dict:
@@ -146,7 +149,7 @@ def compare_methods(args: CompareArguments) -> list[dict]:
             print(f"=== compare {name}: already evaluated ({path}), skipped", flush=True)
             return json.loads(path.read_text())
         result = compute()
-        stages.atomic_write_text(path, json.dumps(result, indent=1))
+        atomic_write_text(path, json.dumps(result, indent=1))
         return result
 
     sft = cached("sft", lambda: _evaluate(sft_path, prompts, answers, scorer, args))
@@ -157,17 +160,18 @@ def compare_methods(args: CompareArguments) -> list[dict]:
         pipeline_args = args.pipeline_args(method)
         try:
             state = train_stages(pipeline_args)
-        except RuntimeError as error:  # one broken method must not cost the others' results
+        except StageFailedError as error:  # one broken method must not cost the others' results
             print(f"=== compare {method}: FAILED, skipped ({error})", flush=True)
             failed.append(method)
             continue
         metrics = cached(method, lambda m=method: _evaluate(run / m, prompts, answers, scorer, args, reference()))
-        marker = json.loads((run / method / stages.COMPLETE_MARKER).read_text())
+        marker = json.loads((run / method / outputs.COMPLETE_MARKER).read_text())
         rows.append(_row(method, METHODS[method], metrics, sft, state["stages"].get(method, {}), marker))
         write_outputs(rows, run)  # after every method: a partial comparison is already readable
     if failed:
-        raise RuntimeError(f"Methods {failed} failed (logs: {run}/<method>.log); the others are in "
-                           f"{run / 'method_comparison.csv'}. Fix the cause and re-run: finished work is reused.")
+        raise StageFailedError(f"Methods {failed} failed (logs: {run}/<method>.log); the others are in "
+                               f"{run / 'method_comparison.csv'}. Fix the cause and re-run: finished work is reused.",
+                               returncode=1)
     return rows
 
 
@@ -243,8 +247,24 @@ def write_outputs(rows: list[dict], run_dir: Path) -> None:
     writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS)
     writer.writeheader()
     writer.writerows(rows)
-    stages.atomic_write_text(run_dir / "method_comparison.csv", buffer.getvalue())
-    stages.atomic_write_text(run_dir / "method_comparison.md", markdown_table(rows))
+    atomic_write_text(run_dir / "method_comparison.csv", buffer.getvalue())
+    atomic_write_text(run_dir / "method_comparison.md", markdown_table(rows))
     tmp = run_dir / ".method_comparison.tmp.png"
     plot_comparison(rows, tmp)
     tmp.replace(run_dir / "method_comparison.png")
+
+
+def make_parser():
+    """The `trl.TrlParser` of ``scripts/compare_methods.py`` (YAML: ``config/compare/*.yaml``)."""
+    from trl import TrlParser
+
+    return TrlParser((CompareArguments,))
+
+
+def compare_main(argv: list[str] | None = None) -> None:
+    """``scripts/compare_methods.py`` / ``open-rlhf compare``: parse ``argv``, compare, print the table."""
+    with user_errors():
+        (args,) = parse_config(make_parser(), argv)
+        rows = compare_methods(args)
+    print(markdown_table(rows))
+    print(f"Written: {args.run_dir / 'method_comparison.csv'}, .md, .png")

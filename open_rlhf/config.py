@@ -1,8 +1,9 @@
 """Script arguments shared by every stage script, and the stage configs' added fields.
 
 Config flow (every script): dataclass default < ``--config config/<stage>/<x>.yaml`` < CLI flags; unknown YAML
-keys are an error (TRL's `TrlParser`). TRL's own configs (`SFTConfig`, `RewardConfig`, `DPOConfig`) are
-used as they are; our PPO has its own `open_rlhf.trainers.ppo.PPOConfig` because TRL 1.13 removed PPO.
+keys are an error (TRL's `TrlParser`). TRL's own configs are used as they are plus `HardwareDefaultsMixin`
+(device and bf16 from the hardware); our PPO has its own `open_rlhf.trainers.ppo.PPOConfig` (with the same
+mixin) because TRL 1.13 removed PPO.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from dataclasses import dataclass, field
 
 import trl
 from trl import ScriptArguments as TRLScriptArguments
+
+from open_rlhf import hardware
 
 
 @dataclass
@@ -39,45 +42,55 @@ class ScriptArguments(TRLScriptArguments):
     )
 
 
-def _no_accelerator() -> bool:
-    import torch
+class HardwareDefaultsMixin:
+    """Device and precision defaults chosen from the machine, so one preset runs well on any of them.
 
-    return not (torch.cuda.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available())
-                or torch.backends.mps.is_available())
+    - ``use_cpu=True`` when the machine has no GPU/XPU/MPS (transformers refuses bf16 on a GPU-less machine
+      otherwise).
+    - ``bf16`` unset (None, the default; presets do not set it): bf16 autocast only where the hardware runs bf16
+      natively, fp32 otherwise (`open_rlhf.hardware.auto_bf16`). ``--bf16 true`` / ``--bf16 false`` force
+      either. ``precision_reason`` keeps the one-line reason (None when it was set explicitly), which the
+      stage runner prints.
 
-
-class CPUFallbackMixin:
-    """Sets ``use_cpu=True`` when the machine has no GPU/XPU/MPS.
-
-    TRL's configs default to bf16, which transformers refuses on a machine without a GPU unless ``use_cpu`` is set;
-    with this mixin the same preset runs unchanged on a laptop CPU and on a GPU cluster. bf16 autocast on a CPU
-    with AVX512-BF16 gives TRL's SFT of the default model 1.35x the fp32 throughput (scripts/bench_sft.py).
+    Measured on a 2-core AMD EPYC: with AVX512-BF16, bf16 autocast gives TRL's SFT of the default model 1.35x
+    the fp32 throughput (``scripts/bench_sft.py``); with AVX2 only, a bf16 step is about 10x slower than fp32.
     """
 
     def __post_init__(self):
-        if not self.use_cpu and _no_accelerator():
+        if not self.use_cpu and not hardware.accelerator_available():
             self.use_cpu = True
+        self.precision_reason = None
+        if self.bf16 is None:
+            if self.fp16:
+                self.bf16 = False
+            else:
+                self.bf16, self.precision_reason = hardware.auto_bf16(self.use_cpu)
         super().__post_init__()
 
-
-@dataclass
-class SFTConfig(CPUFallbackMixin, trl.SFTConfig):
-    """TRL's `SFTConfig`; on a machine without an accelerator it runs on the CPU (see `CPUFallbackMixin`)."""
-
-
-@dataclass
-class RewardConfig(CPUFallbackMixin, trl.RewardConfig):
-    """TRL's `RewardConfig`; on a machine without an accelerator it runs on the CPU (see `CPUFallbackMixin`)."""
+    @property
+    def precision_line(self) -> str:
+        """One line: the precision in use and why (`open_rlhf.hardware.precision_line`)."""
+        return hardware.precision_line(self.bf16, self.fp16, self.precision_reason)
 
 
 @dataclass
-class DPOConfig(CPUFallbackMixin, trl.DPOConfig):
-    """TRL's `DPOConfig`; on a machine without an accelerator it runs on the CPU (see `CPUFallbackMixin`)."""
+class SFTConfig(HardwareDefaultsMixin, trl.SFTConfig):
+    """TRL's `SFTConfig`; device and precision from the hardware (`HardwareDefaultsMixin`)."""
 
 
 @dataclass
-class KTOConfig(CPUFallbackMixin, trl.KTOConfig):
-    """TRL's `KTOConfig`; on a machine without an accelerator it runs on the CPU (see `CPUFallbackMixin`)."""
+class RewardConfig(HardwareDefaultsMixin, trl.RewardConfig):
+    """TRL's `RewardConfig`; device and precision from the hardware (`HardwareDefaultsMixin`)."""
+
+
+@dataclass
+class DPOConfig(HardwareDefaultsMixin, trl.DPOConfig):
+    """TRL's `DPOConfig`; device and precision from the hardware (`HardwareDefaultsMixin`)."""
+
+
+@dataclass
+class KTOConfig(HardwareDefaultsMixin, trl.KTOConfig):
+    """TRL's `KTOConfig`; device and precision from the hardware (`HardwareDefaultsMixin`)."""
 
 
 _REWARD_HELP = ("Reward spec (open_rlhf.rewards.build_reward_functions): comma-separated [weight*]name[:arg] terms, "
@@ -86,8 +99,9 @@ _REWARD_HELP = ("Reward spec (open_rlhf.rewards.build_reward_functions): comma-s
 
 
 @dataclass
-class GRPOConfig(CPUFallbackMixin, trl.GRPOConfig):
-    """TRL's `GRPOConfig` plus ``reward`` (the reward spec); CPU fallback as `CPUFallbackMixin`.
+class GRPOConfig(HardwareDefaultsMixin, trl.GRPOConfig):
+    """TRL's `GRPOConfig` plus ``reward`` (the reward spec); device and precision from the hardware
+    (`HardwareDefaultsMixin`).
 
     The spec's weights become TRL's ``reward_weights``; TRL logs each term separately.
     """
@@ -96,7 +110,8 @@ class GRPOConfig(CPUFallbackMixin, trl.GRPOConfig):
 
 
 @dataclass
-class RLOOConfig(CPUFallbackMixin, trl.RLOOConfig):
-    """TRL's `RLOOConfig` plus ``reward`` (the reward spec); CPU fallback as `CPUFallbackMixin`."""
+class RLOOConfig(HardwareDefaultsMixin, trl.RLOOConfig):
+    """TRL's `RLOOConfig` plus ``reward`` (the reward spec); device and precision from the hardware
+    (`HardwareDefaultsMixin`)."""
 
     reward: str = field(default="math", metadata={"help": _REWARD_HELP})

@@ -1,7 +1,7 @@
 """Load any data source into TRL's standard columns, with errors that say where and how to fix.
 
 Sources: a local ``.jsonl``, ``.json``, ``.jsonl.gz``, ``.json.gz`` or ``.parquet`` file, a folder of them,
-a Hugging Face Hub dataset id, or ``"builtin"`` (the arithmetic task of `open_rlhf.arithmetic`).
+a Hugging Face Hub dataset id, or ``"builtin"`` (the arithmetic task of `open_rlhf.tasks.arithmetic`).
 JSON and JSON Lines are parsed here (not by `datasets`), so that a bad record is reported with its file and
 line. Known raw formats are converted to TRL's standard formats (conversational):
 
@@ -9,7 +9,7 @@ line. Known raw formats are converted to TRL's standard formats (conversational)
   ``prompt`` (the shared turns, user/assistant alternating) / ``chosen`` / ``rejected`` (the final
   Assistant turns); pairs with an empty final turn are skipped with a counted warning;
 - GSM8K (``question``/``answer`` ending in ``"#### N"``) -> ``prompt`` (the question plus
-  `open_rlhf.arithmetic.ANSWER_INSTRUCTION`) / ``completion`` (the worked answer without the ``<<48/2=24>>``
+  `open_rlhf.tasks.gsm8k.ANSWER_INSTRUCTION`) / ``completion`` (the worked answer without the ``<<48/2=24>>``
   calculator annotations) / ``answer`` (the final number, normalised);
 - TRL's own formats (prompt-completion, preference, implicit-prompt preference, messages, prompt-only,
   unpaired preference) pass through, string prompts wrapped as conversations when ``conversational=True``
@@ -18,8 +18,9 @@ line. Known raw formats are converted to TRL's standard formats (conversational)
 Only TRL's standard columns and ``answer`` (as a string) are kept.
 
 The stage loaders (`load_sft_dataset`, `load_preference_dataset`, `load_prompt_dataset`, `load_splits`)
-are what the scripts call. Every caller error is a `DataFormatError` (a `ValueError`) naming the file, the
-line (1-based) or item, the field, and the fix.
+are what the stages call. Every caller error is an `open_rlhf.errors.UserError`: a `DataFormatError` (a
+`ValueError`) naming the file, the line (1-based) or item, the field and the fix; a `DataNotFoundError` for a
+missing file; a `ConfigError` for a bad ``eval_size`` or ``max_samples``.
 """
 
 from __future__ import annotations
@@ -38,8 +39,9 @@ from typing import Any
 import datasets
 from datasets import Dataset
 
-from open_rlhf import arithmetic
-from open_rlhf.rewards import normalize_number
+from open_rlhf.errors import ConfigError, DataFormatError, DataNotFoundError
+from open_rlhf.tasks import arithmetic
+from open_rlhf.tasks.gsm8k import normalize_number, user_prompt
 
 logger = logging.getLogger(__name__)
 
@@ -64,10 +66,6 @@ _HH_MARKER = re.compile(r"\n\n(Human|Assistant):")
 _HH_ROLES = {"Human": "user", "Assistant": "assistant"}
 _CALCULATOR_ANNOTATION = re.compile(r"<<[^<>]*>>")
 _MESSAGE_ROLES = ("system", "user", "assistant", "tool")
-
-
-class DataFormatError(ValueError):
-    """A data source that cannot be read or converted; the message names the file, line, field and fix."""
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -96,7 +94,7 @@ def _is_builtin(source: str) -> bool:
     if source.strip().lower() in BUILTIN_SOURCES:
         return True
     if source.strip().lower().startswith("builtin:"):
-        raise ValueError(f"unknown built-in task {source!r}; the built-in sources are {BUILTIN_SOURCES}")
+        raise ConfigError(f"unknown built-in task {source!r}; the built-in sources are {BUILTIN_SOURCES}")
     return False
 
 
@@ -255,7 +253,8 @@ def _read_records(source: str, split: str = "train") -> _Records:
         records = _Records(rows=[], name=str(path))
         _read_file(path, split, records)
     elif _looks_local(source):
-        raise FileNotFoundError(f"no such data file or folder: {path}")
+        raise DataNotFoundError(f"no such data file or folder: {path}. Fix: check the path, or pass 'builtin' "
+                                f"for the built-in task.")
     else:
         dataset = datasets.load_dataset(source, split=split)
         return _Records(rows=dataset.to_list(), name=f"hub dataset {source!r} (split {split!r})")
@@ -287,7 +286,7 @@ def load_records(source: str, split: str = "train") -> Dataset:
         `datasets.Dataset` with one row per record.
 
     Raises:
-        FileNotFoundError: when ``source`` looks like a local path (has a data-file suffix, starts with
+        DataNotFoundError: when ``source`` looks like a local path (has a data-file suffix, starts with
             ``/``, ``.`` or ``~``) and does not exist.
         DataFormatError: for an empty file, bad JSON (with its line), a record that is not an object, a
             truncated or corrupt gzip or parquet file, records whose fields or field types differ from the
@@ -466,7 +465,7 @@ def _convert_gsm8k(records: _Records) -> list[dict[str, Any]]:
         if answer is None:
             raise DataFormatError(f"{where}: field 'answer' ends with '#### {final}', which is not a number. "
                                   f"Fix: write the final answer as a number after '#### '.")
-        rows.append({"prompt": [{"role": "user", "content": arithmetic.user_prompt(question)}],
+        rows.append({"prompt": [{"role": "user", "content": user_prompt(question)}],
                      "completion": [{"role": "assistant",
                                      "content": _CALCULATOR_ANNOTATION.sub("", solution).strip()}],
                      "answer": answer})
@@ -549,27 +548,6 @@ def _standardize(records: _Records, conversational: bool) -> tuple[str, list[dic
     return fmt, rows
 
 
-def standardize(dataset: Dataset, conversational: bool = True) -> Dataset:
-    """Convert a dataset in any known format (see `detect_format`) to TRL's standard columns.
-
-    hh-rlhf gives ``prompt``/``chosen``/``rejected``; GSM8K gives ``prompt``/``completion``/``answer``; TRL
-    formats keep their columns (an implicit-prompt pair gets its ``prompt`` from `trl.maybe_extract_prompt`).
-    Only the standard columns and ``answer`` are kept.
-
-    Args:
-        dataset (`datasets.Dataset`): as returned by `load_records`.
-        conversational (`bool`): wrap string prompts/completions as ``[{"role": ..., "content": ...}]``.
-
-    Returns:
-        `datasets.Dataset` in a TRL standard format.
-
-    Raises:
-        DataFormatError: for an unknown format or a record of the wrong type (naming the record).
-    """
-    records = _Records(rows=dataset.to_list(), name="dataset")
-    return _to_dataset(_standardize(records, conversational)[1], records.name)
-
-
 # ---------------------------------------------------------------------------------------------------------
 # Stage loaders
 # ---------------------------------------------------------------------------------------------------------
@@ -578,7 +556,7 @@ def _truncate(dataset: Dataset, max_samples: int | None, seed: int) -> Dataset:
     if max_samples is None:
         return dataset
     if max_samples <= 0:
-        raise ValueError(f"max_samples must be a positive number of examples or None, got {max_samples}")
+        raise ConfigError(f"max_samples must be a positive number of examples or None, got {max_samples}")
     return dataset.shuffle(seed=seed).select(range(min(max_samples, len(dataset))))
 
 
@@ -617,7 +595,7 @@ def load_sft_dataset(source: str, split: str = "train", builtin_size: int = BUIL
 
     Raises:
         DataFormatError: for unreadable data, or data without completions (prompt-only).
-        FileNotFoundError: for a missing local file.
+        DataNotFoundError: for a missing local file (a `FileNotFoundError`).
     """
     if _is_builtin(source):
         dataset = arithmetic.sft_dataset(builtin_size, split=_builtin_split(split))
@@ -652,7 +630,7 @@ def load_preference_dataset(source: str, split: str = "train", builtin_size: int
     Raises:
         DataFormatError: for unreadable data, or data that is not pairs (hh-rlhf, preference, implicit
             preference).
-        FileNotFoundError: for a missing local file.
+        DataNotFoundError: for a missing local file (a `FileNotFoundError`).
     """
     if _is_builtin(source):
         dataset = arithmetic.preference_dataset(builtin_size, split=_builtin_split(split))
@@ -692,7 +670,7 @@ def load_unpaired_dataset(source: str, split: str = "train", builtin_size: int =
 
     Raises:
         DataFormatError: for unreadable data, or data that is neither unpaired nor paired preferences.
-        FileNotFoundError: for a missing local file.
+        DataNotFoundError: for a missing local file (a `FileNotFoundError`).
     """
     if _is_builtin(source):
         return _truncate(unpair(arithmetic.preference_dataset(builtin_size, split=_builtin_split(split))),
@@ -733,7 +711,7 @@ def load_prompt_dataset(source: str, split: str = "train", builtin_size: int = B
 
     Raises:
         DataFormatError: for unreadable data.
-        FileNotFoundError: for a missing local file.
+        DataNotFoundError: for a missing local file (a `FileNotFoundError`).
     """
     if _is_builtin(source):
         dataset = arithmetic.prompt_dataset(builtin_size, split=_builtin_split(split))
@@ -749,10 +727,10 @@ def load_prompt_dataset(source: str, split: str = "train", builtin_size: int = B
 def _eval_amount(eval_size: int | float) -> int | float:
     """``eval_size`` as a count (`int`) or a fraction in (0, 1) (`float`); 64.0 from a CLI float is 64."""
     if isinstance(eval_size, bool) or not isinstance(eval_size, (int, float)) or eval_size < 0:
-        raise ValueError(f"eval_size must be a count (>= 1) or a fraction (< 1) of the data, got {eval_size!r}")
+        raise ConfigError(f"--eval_size must be a count (>= 1) or a fraction (< 1) of the data, got {eval_size!r}")
     if eval_size >= 1:
         if eval_size != int(eval_size):
-            raise ValueError(f"eval_size {eval_size} is neither a whole count (>= 1) nor a fraction (< 1)")
+            raise ConfigError(f"--eval_size {eval_size} is neither a whole count (>= 1) nor a fraction (< 1)")
         return int(eval_size)
     return float(eval_size) if eval_size > 0 else 0
 
@@ -776,7 +754,8 @@ def train_eval_split(dataset: Dataset, eval_size: int | float, seed: int = 42) -
     if amount == 0:
         return dataset, dataset.select([])
     if isinstance(amount, int) and amount >= len(dataset):
-        raise ValueError(f"eval_size {amount} leaves no training data from {len(dataset)} examples")
+        raise ConfigError(f"--eval_size {amount} leaves no training data from {len(dataset)} examples. Fix: use a "
+                          "smaller --eval_size or more data.")
     split = dataset.train_test_split(test_size=amount, seed=seed)
     return split["train"], split["test"]
 
@@ -786,7 +765,7 @@ def load_splits(source: str, kind: str, eval_size: int | float, seed: int = 42, 
                 conversational: bool = True) -> tuple[Dataset, Dataset]:
     """Train and eval sets of one stage: a seeded split of the source, or the built-in held-out stream.
 
-    For ``"builtin"`` the eval set is drawn from the eval stream (`open_rlhf.arithmetic.eval_problems`),
+    For ``"builtin"`` the eval set is drawn from the eval stream (`open_rlhf.tasks.arithmetic.eval_problems`),
     whose questions occur in no built-in training stream of ``builtin_size`` problems. For other sources the
     whole source is split with `train_eval_split`. Either way ``max_samples`` then caps the training set
     only, so the eval set depends on ``(source, eval_size, seed)`` alone and a run with ``max_samples`` is
@@ -810,7 +789,7 @@ def load_splits(source: str, kind: str, eval_size: int | float, seed: int = 42, 
     Raises:
         ValueError: for an unknown ``kind`` or a bad ``eval_size``.
         DataFormatError: for unreadable data (see the stage loaders).
-        FileNotFoundError: for a missing local file.
+        DataNotFoundError: for a missing local file (a `FileNotFoundError`).
     """
     loaders: dict[str, Callable[..., Dataset]] = {
         "sft": load_sft_dataset, "preference": load_preference_dataset, "prompt": load_prompt_dataset,

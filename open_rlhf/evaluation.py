@@ -10,8 +10,9 @@ from collections.abc import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from open_rlhf.rewards import RewardModelScorer, accuracy_reward
-from open_rlhf.trainers.ppo import response_mask_after_eos
+from open_rlhf.rewards import RewardModelScorer, completion_text
+from open_rlhf.rl_math import response_mask_after_eos
+from open_rlhf.tasks import gsm8k
 
 
 def held_out_prompts(source: str, eval_prompts: int, seed: int) -> tuple[list, list[str] | None]:
@@ -113,7 +114,7 @@ def evaluate_policy(model, tokenizer, prompts: Sequence, answers: Sequence[str] 
         "reward_score": None,
     }
     if answers is not None:
-        correct = accuracy_reward(prompts, texts, answer=list(answers))
+        correct = [float(gsm8k.is_correct(completion_text(t), str(gold))) for t, gold in zip(texts, answers, strict=True)]
         result["accuracy"] = sum(correct) / len(correct)
         result["correct"] = correct
     if reward_scorer is not None:

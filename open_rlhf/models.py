@@ -9,10 +9,15 @@ and saves a plain safetensors folder with the tokenizer and chat template. The f
 instead through ``--model_name_or_path``.
 
 Run ``python -m open_rlhf.models`` to build the cache (``make model`` does).
+
+This module only builds Hugging Face objects (models, tokenizers); it imports nothing from the project above
+`open_rlhf.errors` (the fused-RMSNorm kernel is imported on use). A reward model *as a reward function* is
+`open_rlhf.rewards.RewardModelScorer`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -23,6 +28,8 @@ import zipfile
 from pathlib import Path
 
 import torch
+
+from open_rlhf.errors import ConfigError, ModelNotFoundError
 
 logger = logging.getLogger(__name__)
 
@@ -159,26 +166,48 @@ def resolve_model_path(model_name_or_path: str | None) -> str:
 
     A local folder or any hub id (e.g. ``HuggingFaceTB/SmolLM2-135M-Instruct`` where the Hub is reachable)
     is returned unchanged.
+
+    Raises:
+        ModelNotFoundError: when the argument is a local path (it starts with ``/``, ``.`` or ``~``, or has more
+            than one ``/``, so it cannot be a hub id) that does not exist.
     """
     if model_name_or_path in (None, "", "default"):
         return str(ensure_default_model())
+    path = Path(model_name_or_path).expanduser()
+    looks_local = model_name_or_path.startswith(("/", ".", "~")) or model_name_or_path.count("/") > 1
+    if looks_local and not path.exists():
+        raise ModelNotFoundError(f"model folder {model_name_or_path} does not exist. Fix: pass a folder a stage "
+                                 "wrote (e.g. runs/default/sft), a hub id, or nothing for the default model.")
     return model_name_or_path
+
+
+@contextlib.contextmanager
+def _loading(model_name_or_path: str, what: str):
+    """Turn transformers' "cannot find / cannot download" `OSError` into a `ModelNotFoundError`."""
+    try:
+        yield
+    except OSError as err:
+        raise ModelNotFoundError(
+            f"cannot load the {what} from {model_name_or_path!r}: it is not a complete local model folder and "
+            f"could not be fetched from the Hugging Face Hub ({(str(err).strip().splitlines() or [type(err).__name__])[0]}). Fix: pass a "
+            "folder a stage wrote (it has config.json), or a hub id where the Hub is reachable.") from err
 
 
 def load_tokenizer(model_name_or_path: str, padding_side: str = "left"):
     """Load the tokenizer, guaranteeing a pad token and a chat template.
 
     Raises:
-        ValueError: when the tokenizer has no chat template (every stage formats with it); use an instruct
+        ConfigError: when the tokenizer has no chat template (every stage formats with it); use an instruct
             model or one saved by our SFT stage.
     """
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(model_name_or_path, padding_side=padding_side)
+    with _loading(model_name_or_path, "tokenizer"):
+        tokenizer = AutoTokenizer.from_pretrained(model_name_or_path, padding_side=padding_side)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if not tokenizer.chat_template:
-        raise ValueError(
+        raise ConfigError(
             f"The tokenizer of {model_name_or_path} has no chat template; every stage formats data with it. "
             "Use an instruct/chat model (the default SmolLM2-135M-Instruct has one)."
         )
@@ -212,7 +241,8 @@ def load_causal_lm(model_name_or_path: str, model_args=None, **overrides):
 
     kwargs = model_init_kwargs(model_args) if model_args is not None else {}
     kwargs.update(overrides)
-    return AutoModelForCausalLM.from_pretrained(model_name_or_path, **kwargs)
+    with _loading(model_name_or_path, "model"):
+        return AutoModelForCausalLM.from_pretrained(model_name_or_path, **kwargs)
 
 
 def load_scalar_head_model(model_name_or_path: str, pad_token_id: int, model_args=None, **overrides):
@@ -226,7 +256,8 @@ def load_scalar_head_model(model_name_or_path: str, pad_token_id: int, model_arg
 
     kwargs = model_init_kwargs(model_args) if model_args is not None else {}
     kwargs.update(overrides)
-    model = AutoModelForSequenceClassification.from_pretrained(model_name_or_path, num_labels=1, **kwargs)
+    with _loading(model_name_or_path, "scalar-head model"):
+        model = AutoModelForSequenceClassification.from_pretrained(model_name_or_path, num_labels=1, **kwargs)
     model.config.pad_token_id = pad_token_id
     return model
 
@@ -270,14 +301,6 @@ def load_policy_and_reference(model_args, sft_model_path: str | None = None):
         return get_peft_model(policy, peft_config), None, tokenizer, path
     ref_model = load_causal_lm(resolve_model_path(sft_model_path) if sft_model_path else path, model_args)
     return policy, ref_model, tokenizer, path
-
-
-def load_reward_scorer(reward_model_path: str):
-    """A `RewardModelScorer` over a saved reward model (``train_reward.py`` output) and its tokenizer."""
-    from open_rlhf.rewards import RewardModelScorer
-
-    tokenizer = load_tokenizer(reward_model_path, padding_side="right")
-    return RewardModelScorer(load_scalar_head_model(reward_model_path, tokenizer.pad_token_id), tokenizer)
 
 
 def load_value_model(value_model_path: str | None, reward_model_path: str | None, policy_path: str,

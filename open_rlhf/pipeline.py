@@ -10,6 +10,7 @@ the base model, the SFT policy and the final policy on the same held-out prompts
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import subprocess
 import sys
@@ -17,7 +18,11 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from open_rlhf import stages
+from open_rlhf import outputs
+from open_rlhf.atomic import atomic_write_text
+from open_rlhf.errors import EXIT_USER_ERROR, ConfigError, StageFailedError, parse_config, user_errors
+from open_rlhf.progress import relay_output, stdout_buffer
+from open_rlhf.rewards import parse_reward_spec
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 VERIFIABLE_REWARD = "math,0.2*format"  # RLVR: math-verify answer check + the '#### N' format
@@ -109,9 +114,9 @@ class PipelineArguments:
 
     def __post_init__(self):
         if self.method not in METHODS:
-            raise ValueError(f"--method must be one of {', '.join(METHODS)}, got {self.method!r}.")
+            raise ConfigError(f"--method must be one of {', '.join(METHODS)}, got {self.method!r}.")
         if self.reward is not None and METHODS[self.method].reward is None:
-            raise ValueError(f"--reward is for RL methods; --method {self.method} learns from preference data. "
+            raise ConfigError(f"--reward is for RL methods; --method {self.method} learns from preference data. "
                              "Drop --reward, or pick one of: "
                              + ", ".join(m for m, spec in METHODS.items() if spec.reward) + ".")
 
@@ -126,8 +131,6 @@ class PipelineArguments:
 
     @property
     def uses_reward_model(self) -> bool:
-        from open_rlhf.rewards import parse_reward_spec
-
         spec = self.reward_spec
         return spec is not None and any(_bare_reward_model(t) for t in parse_reward_spec(spec))
 
@@ -149,8 +152,6 @@ def _bare_reward_model(term) -> bool:
 
 def _resolve_reward_model(spec: str, reward_path: Path) -> str:
     """Replace the bare ``model`` terms of a reward spec by ``model:<reward_path>``."""
-    from open_rlhf.rewards import parse_reward_spec
-
     return ",".join(t.text + (f":{reward_path}" if _bare_reward_model(t) else "") for t in parse_reward_spec(spec))
 
 
@@ -195,21 +196,37 @@ def stage_plan(args: PipelineArguments) -> list[tuple[str, list[str]]]:
 
 
 def _run_stage(name: str, command: list[str], out_dir: Path) -> float:
-    """Run one stage script, streaming its output to the console and to ``<out_dir>.log``; returns seconds."""
+    """Run one stage script; relay its output live to the terminal and line by line to ``<run>/<name>.log``.
+
+    The child runs unbuffered, and its bytes (progress-bar redraws included) reach the terminal as they come
+    (`open_rlhf.progress.relay_output`); the log gets each finished line, flushed, as it last looked on screen.
+
+    Returns:
+        `float`: the stage's wall time in seconds.
+
+    Raises:
+        StageFailedError: when the stage exits non-zero; the message has the stage's own error line and its log.
+    """
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     log_path = out_dir.parent / f"{name}.log"
     print(f"\n=== stage {name}: {shlex.join(command)}", flush=True)
     start = time.perf_counter()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with open(log_path, "a") as log:
         log.write(f"$ {shlex.join(command)}\n")
-        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO_ROOT)
-        for line in proc.stdout:
-            sys.stdout.write(line)
-            log.write(line)
-        proc.wait()
+        log.flush()
+        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=REPO_ROOT, env=env)
+        try:
+            tail = relay_output(proc.stdout, stdout_buffer(), log)
+        finally:
+            proc.stdout.close()
+            proc.wait()
     if proc.returncode != 0:
-        raise RuntimeError(f"Stage {name!r} failed (exit {proc.returncode}); its output is in {log_path}. "
-                           "Fix the cause and re-run: finished stages are skipped, this one resumes.")
+        errors = [line for line in tail if line.startswith("error: ")]
+        cause = errors[-1][len("error: "):] if errors else (tail[-1] if tail else "no output")
+        kind = "failed" if proc.returncode == EXIT_USER_ERROR else f"crashed (exit {proc.returncode})"
+        raise StageFailedError(f"stage {name!r} {kind}: {cause}\nIts full output is in {log_path}. Fix the cause "
+                               "and re-run: finished stages are skipped, this one resumes.", proc.returncode)
     return time.perf_counter() - start
 
 
@@ -222,7 +239,7 @@ def train_stages(args: PipelineArguments, only: set[str] | None = None) -> dict:
         dict: the pipeline state (``stages``: per stage ``command`` and ``wall_seconds``).
 
     Raises:
-        RuntimeError: when a stage fails (its log path is in the message).
+        StageFailedError: when a stage fails (its error line and log path are in the message).
     """
     run = args.run_dir
     run.mkdir(parents=True, exist_ok=True)
@@ -233,12 +250,12 @@ def train_stages(args: PipelineArguments, only: set[str] | None = None) -> dict:
         if only is not None and name not in only:
             continue
         out_dir = run / name
-        if stages.is_complete(out_dir):
+        if outputs.is_complete(out_dir):
             print(f"=== stage {name}: already finished in {out_dir}, skipped", flush=True)
             continue
         seconds = _run_stage(name, command, out_dir)
         state["stages"][name] = {"command": shlex.join(command), "wall_seconds": seconds}
-        stages.atomic_write_text(state_path, json.dumps(state, indent=1))
+        atomic_write_text(state_path, json.dumps(state, indent=1))
     return state
 
 
@@ -249,7 +266,7 @@ def run_pipeline(args: PipelineArguments) -> Path:
         `Path` of the report (with ``evaluate=False``: of the final policy's folder; nothing is evaluated).
 
     Raises:
-        RuntimeError: when a stage fails (its log path is in the message).
+        StageFailedError: when a stage fails (its error line and log path are in the message).
     """
     run = args.run_dir
     state_path = run / "pipeline_state.json"
@@ -257,7 +274,7 @@ def run_pipeline(args: PipelineArguments) -> Path:
     state = train_stages(args)
     if not args.evaluate:
         state["last_session_seconds"] = time.perf_counter() - pipeline_start
-        stages.atomic_write_text(state_path, json.dumps(state, indent=1))
+        atomic_write_text(state_path, json.dumps(state, indent=1))
         return run / args.method
     from open_rlhf.report import evaluate_run, write_report
 
@@ -268,9 +285,23 @@ def run_pipeline(args: PipelineArguments) -> Path:
         start = time.perf_counter()
         results = evaluate_run(args)
         results["wall_seconds"] = time.perf_counter() - start
-        stages.atomic_write_text(eval_path, json.dumps(results, indent=1))
+        atomic_write_text(eval_path, json.dumps(results, indent=1))
     state["last_session_seconds"] = time.perf_counter() - pipeline_start
-    stages.atomic_write_text(state_path, json.dumps(state, indent=1))
-    report = write_report(args)
+    atomic_write_text(state_path, json.dumps(state, indent=1))
+    report = write_report(args, [name for name, _ in stage_plan(args)])
     print(f"\nReport: {report}", flush=True)
     return report
+
+
+def make_parser():
+    """The `trl.TrlParser` of ``scripts/run_pipeline.py`` (YAML: ``config/pipeline/*.yaml``)."""
+    from trl import TrlParser
+
+    return TrlParser((PipelineArguments,))
+
+
+def pipeline_main(argv: list[str] | None = None) -> None:
+    """``scripts/run_pipeline.py`` / ``open-rlhf pipeline``: parse ``argv`` and run; user errors exit 2."""
+    with user_errors():
+        (args,) = parse_config(make_parser(), argv)
+        run_pipeline(args)

@@ -15,7 +15,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from open_rlhf import data, stages  # noqa: E402
+from open_rlhf import data, outputs  # noqa: E402
+from open_rlhf.atomic import atomic_write_text  # noqa: E402
 
 # Which logged quantities to plot per stage (key in log_history -> panel title).
 CURVES = {
@@ -48,6 +49,7 @@ def evaluate_run(args) -> dict:
         ``reward_model`` (held-out accuracy and margins), ``samples`` (prompt, gold answer, each policy's text).
     """
     from open_rlhf import evaluation, models
+    from open_rlhf.rewards import RewardModelScorer
 
     run = args.run_dir
     prompts, answers = evaluation.held_out_prompts(args.eval_dataset or args.rl_dataset, args.eval_prompts,
@@ -60,7 +62,7 @@ def evaluate_run(args) -> dict:
     results: dict = {"policies": {}, "kl_vs_sft": {}, "reward_model": None, "num_prompts": len(prompts)}
     scorer = None
     if args.reward_path is not None:
-        scorer = models.load_reward_scorer(str(args.reward_path))
+        scorer = RewardModelScorer.from_pretrained(str(args.reward_path))
         _, pairs = data.load_splits(args.preference_dataset, "preference", eval_size=args.eval_pairs,
                                     seed=args.split_seed)
         results["reward_model"] = evaluation.reward_model_accuracy(scorer, pairs)
@@ -107,7 +109,7 @@ def plot_training_curves(run_dir: Path, stage_names: list[str], out: Path) -> Pa
     """One row of panels per stage with its logged curves against the step; saved as PNG."""
     rows = []
     for name in stage_names:
-        history = stages.read_log_history(run_dir / name)
+        history = outputs.read_log_history(run_dir / name)
         panels = [(key, title) for key, title in CURVES.get(name, {}).items() if any(key in h for h in history)]
         rows.append((name, history, panels))
     ncols = max([len(p) for _, _, p in rows] + [1])
@@ -175,14 +177,17 @@ def _fmt(value, spec=".3f") -> str:
     return format(value, spec)
 
 
-def write_report(args) -> Path:
-    """Write ``<run_dir>/report.md`` and its PNG plots from the stage outputs and ``eval/results.json``."""
+def write_report(args, stage_names: list[str]) -> Path:
+    """Write ``<run_dir>/report.md`` and its PNG plots from the stage outputs and ``eval/results.json``.
+
+    Args:
+        args: the run's `open_rlhf.pipeline.PipelineArguments`.
+        stage_names (`list[str]`): the run's stages in order (``[name for name, _ in stage_plan(args)]``).
+    """
     run = args.run_dir
     state = json.loads((run / "pipeline_state.json").read_text())
     results = json.loads((run / "eval" / "results.json").read_text())
-    from open_rlhf.pipeline import stage_plan
-
-    names = [name for name, _ in stage_plan(args)]
+    names = list(stage_names)
     plots = {"curves": plot_training_curves(run, names, run / "training_curves.png"),
              "policies": plot_policy_comparison(results, run / "policy_comparison.png")}
     if results.get("reward_model"):
@@ -195,7 +200,7 @@ def write_report(args) -> Path:
         info = state["stages"].get(name, {})
         wall = info.get("wall_seconds")
         total += wall or 0.0
-        train_s, tps = _stage_throughput(stages.read_log_history(run / name))
+        train_s, tps = _stage_throughput(outputs.read_log_history(run / name))
         lines.append(f"| {name} | {_fmt(wall, '.0f')} | {_fmt(train_s, '.0f')} | {_fmt(tps, '.1f')} | "
                      f"`{info.get('command', '(finished earlier)')}` |")
     lines.append(f"| evaluation | {_fmt(results.get('wall_seconds'), '.0f')} | | | |")
@@ -226,5 +231,5 @@ def write_report(args) -> Path:
                   "| " + " | ".join(sample[n].replace("\n", "<br>").replace("|", "\\|") for n in results["policies"])
                   + " |", ""]
     out = run / "report.md"
-    stages.atomic_write_text(out, "\n".join(lines) + "\n")
+    atomic_write_text(out, "\n".join(lines) + "\n")
     return out

@@ -31,59 +31,23 @@ PPO trainer does not pass.
 from __future__ import annotations
 
 import math
-import re
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
 
 import torch
 
+from open_rlhf.errors import ConfigError, ModelNotFoundError, RewardSpecError
+from open_rlhf.tasks import gsm8k
+from open_rlhf.tasks.gsm8k import extract_final_answer, normalize_number
+
+__all__ = ["DEFAULT_LENGTH_TARGET_CHARS", "LazyRewardModelScorer", "RewardModelScorer", "RewardSpec", "RewardTerm",
+           "accuracy_reward", "build_reward_functions", "check_columns", "completion_text", "extract_final_answer",
+           "format_reward", "length_penalty", "math_verify_reward", "normalize_number", "parse_reward_spec"]
+
 RewardFunction = Callable[..., list[float]]
-
-_NUMBER = r"-?\$?\d[\d,]*(?:\.\d+)?|-?\.\d+"
-_HASH_ANSWER = re.compile(r"####\s*(" + _NUMBER + r")")
-_BOXED_ANSWER = re.compile(r"\\boxed\{\s*(" + _NUMBER + r")\s*\}")
-_ANY_NUMBER = re.compile(_NUMBER)
-
-
-def normalize_number(text: str) -> str | None:
-    """Canonical string of a number written as ``1,234``, ``$5``, ``7.50`` or ``-3``; None if not a number.
-
-    ``7.50`` and ``7.5`` and ``7`` vs ``7.0`` compare equal after normalisation (exact rational arithmetic).
-    """
-    cleaned = text.strip().replace(",", "").replace("$", "").rstrip(".")
-    if not cleaned:
-        return None
-    if "/" in cleaned:  # Fraction would parse "a/b"; a fraction is not a number *written* in an answer
-        return None
-    try:
-        value = Fraction(cleaned)
-    except ValueError:
-        return None
-    if value.denominator == 1:
-        return str(value.numerator)
-    try:
-        return str(float(value))
-    except OverflowError:
-        return None
-
-
-def extract_final_answer(text: str) -> str | None:
-    """The final numeric answer of a solution, normalised with `normalize_number`, or None.
-
-    Looks, in order, for GSM8K's ``#### N`` marker, a LaTeX ``\\boxed{N}``, then the last number in the text.
-
-    Args:
-        text (`str`): a model completion or a GSM8K ``answer`` field.
-    """
-    for pattern in (_HASH_ANSWER, _BOXED_ANSWER):
-        matches = pattern.findall(text)
-        if matches:
-            return normalize_number(matches[-1])
-    numbers = _ANY_NUMBER.findall(text)
-    return normalize_number(numbers[-1]) if numbers else None
+DEFAULT_LENGTH_TARGET_CHARS = 600  # above the 95th percentile (562) of GSM8K train reference solutions
 
 
 def completion_text(completion) -> str:
@@ -109,78 +73,8 @@ def accuracy_reward(prompts: Sequence, completions: Sequence, answer: Sequence[s
 
     Source: RLVR, Lambert et al. 2024 (Tülu 3), https://huggingface.co/papers/2411.15124, Sec. 6.
     """
-    rewards = []
-    for completion, gold in zip(completions, answer, strict=True):
-        match = _HASH_ANSWER.findall(completion_text(completion))
-        predicted = normalize_number(match[-1]) if match else None
-        rewards.append(float(predicted is not None and predicted == normalize_number(str(gold))))
-    return rewards
-
-
-# math-verify runs on one final-answer span at a time. It gets only spans made of numbers, fractions and
-# arithmetic signs: sympy can run for minutes on others (``\binom{10^9}{5 \cdot 10^8}``, ``9^{9^{9^9}}``), and
-# off the main thread math-verify has no timeout. Anything else (words, units, powers) goes to the
-# normalised-number comparison instead; so do percentages, as math-verify reads ``25%`` as 0.25 while GSM8K
-# writes the gold answer of a percentage question as ``25``.
-_MATH_VERIFY_SPAN = re.compile(r"(?:[\d\s.,+\-/$(){}]|\\[dt]?frac|\\[$,]|\\cdot|\\times)+")
-_MATH_VERIFY_MAX_CHARS = 100
-_MATH_VERIFY_TIMEOUT_S = 5  # math-verify's default for both parse and verify; whole seconds (signal.alarm)
-_HASH_LINE = re.compile(r"####[ \t]*([^\n]*)")
-_FORMAT_LINE = re.compile(r"####[ \t]*(?:" + _NUMBER + r")")
-DEFAULT_LENGTH_TARGET_CHARS = 600  # above the 95th percentile (562) of GSM8K train reference solutions
-
-
-def _last_boxed(text: str) -> str | None:
-    """Content of the last ``\\boxed{...}`` in the text, with nested braces balanced; None if there is none."""
-    start = text.rfind("\\boxed{")
-    while start != -1:
-        depth, begin = 0, start + len("\\boxed")
-        for i in range(begin, len(text)):
-            depth += {"{": 1, "}": -1}.get(text[i], 0)
-            if depth == 0:
-                return text[begin + 1:i].strip()
-        start = text.rfind("\\boxed{", 0, start)  # unbalanced: try the previous one
-    return None
-
-
-def _final_answer_span(text: str) -> tuple[str, str] | None:
-    """The final answer as ``(text for math-verify, raw span)``: the rest of the line after the last ``####``,
-    else the last ``\\boxed{}`` content, else the last number (the order of `extract_final_answer`)."""
-    lines = [m.strip() for m in _HASH_LINE.findall(text)]
-    if lines and lines[-1]:
-        return lines[-1], lines[-1]
-    boxed = _last_boxed(text)
-    if boxed:
-        return f"\\boxed{{{boxed}}}", boxed  # re-boxed so math-verify's LaTeX extraction reads \frac etc.
-    numbers = _ANY_NUMBER.findall(text)
-    return (numbers[-1], numbers[-1]) if numbers else None
-
-
-def _math_verify_parse(span: tuple[str, str], timeout_s: int | None) -> list:
-    """math-verify's parse of a span, or [] when it is not a number-like span or gives no sympy object."""
-    from math_verify import parse
-
-    text, raw = span
-    if len(raw) > _MATH_VERIFY_MAX_CHARS or not _MATH_VERIFY_SPAN.fullmatch(raw):
-        return []
-    parsed = parse(text, parsing_timeout=timeout_s)
-    # On failure parse falls back to the matched string; a string only ever equals the same string.
-    return parsed if any(not isinstance(p, str) for p in parsed) else []
-
-
-def _math_equal(gold: str, completion: str, timeout_s: int | None) -> bool:
-    from math_verify import verify
-
-    gold_span = _final_answer_span(gold) if "####" in gold else (gold.strip(), gold.strip())
-    predicted_span = _final_answer_span(completion)
-    if predicted_span is None or not gold_span or not gold_span[1]:
-        return False
-    gold_parsed = _math_verify_parse(gold_span, timeout_s)
-    predicted_parsed = _math_verify_parse(predicted_span, timeout_s)
-    if gold_parsed and predicted_parsed:
-        return verify(gold_parsed, predicted_parsed, timeout_seconds=timeout_s)
-    gold_number, predicted_number = extract_final_answer(gold_span[1]), extract_final_answer(predicted_span[1])
-    return gold_number is not None and gold_number == predicted_number
+    return [float(gsm8k.is_correct(completion_text(c), str(gold)))
+            for c, gold in zip(completions, answer, strict=True)]
 
 
 def math_verify_reward(prompts: Sequence, completions: Sequence, answer: Sequence[str], **kwargs) -> list[float]:
@@ -218,8 +112,8 @@ def math_verify_reward(prompts: Sequence, completions: Sequence, answer: Sequenc
     Source: RLVR, Lambert et al. 2024 (Tülu 3), https://huggingface.co/papers/2411.15124, Sec. 6;
         math-verify, https://github.com/huggingface/Math-Verify.
     """
-    timeout_s = _MATH_VERIFY_TIMEOUT_S if threading.current_thread() is threading.main_thread() else None
-    return [float(_math_equal(str(gold), completion_text(completion), timeout_s))
+    timeout_s = gsm8k.MATH_VERIFY_TIMEOUT_S if threading.current_thread() is threading.main_thread() else None
+    return [float(gsm8k.is_equivalent(completion_text(completion), str(gold), timeout_s))
             for completion, gold in zip(completions, answer, strict=True)]
 
 
@@ -240,11 +134,7 @@ def format_reward(prompts: Sequence, completions: Sequence, **kwargs) -> list[fl
     Source: the format reward of DeepSeek-R1, DeepSeek-AI 2025, https://huggingface.co/papers/2501.12948,
         Sec. 2.2.2 (there ``<think>`` tags; here GSM8K's ``####`` line).
     """
-    rewards = []
-    for completion in completions:
-        lines = [line.strip() for line in completion_text(completion).splitlines() if line.strip()]
-        rewards.append(float(bool(lines) and _FORMAT_LINE.fullmatch(lines[-1]) is not None))
-    return rewards
+    return [float(gsm8k.has_answer_format(completion_text(c))) for c in completions]
 
 
 class _LengthPenalty:
@@ -295,7 +185,8 @@ class RewardModelScorer:
     """Scores (prompt, completion) pairs with a trained sequence-classification reward model.
 
     Applies the tokenizer's chat template to the conversation, as `train_reward.py` does in training, and
-    returns the scalar head's output at the last non-pad token.
+    returns the scalar head's output at the last non-pad token. Inputs go to the model's device, so a scorer
+    moved with `to` scores there.
 
     Args:
         model: a `AutoModelForSequenceClassification` with ``num_labels=1`` (our `train_reward.py` output).
@@ -310,6 +201,36 @@ class RewardModelScorer:
         self.batch_size = batch_size
         self.max_length = max_length
         self.__name__ = "reward_model"
+
+    @classmethod
+    def from_pretrained(cls, reward_model_path: str, device: str | torch.device | None = None,
+                        **kwargs) -> RewardModelScorer:
+        """Load a reward model saved by ``train_reward.py`` (model and tokenizer) onto ``device``.
+
+        Args:
+            reward_model_path (`str`): the model folder (or a hub id where the Hub is reachable).
+            device (`str` or `torch.device`, *optional*): where to score; default the CPU.
+            **kwargs: `RewardModelScorer` options (``batch_size``, ``max_length``).
+
+        Raises:
+            ModelNotFoundError: when the folder does not exist or holds no loadable model.
+        """
+        from open_rlhf import models
+
+        tokenizer = models.load_tokenizer(reward_model_path, padding_side="right")
+        model = models.load_scalar_head_model(reward_model_path, tokenizer.pad_token_id)
+        if device is not None:
+            model.to(device)
+        return cls(model, tokenizer, **kwargs)
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    def to(self, device: str | torch.device) -> RewardModelScorer:
+        """Move the reward model to ``device`` (in place); returns self."""
+        self.model.to(device)
+        return self
 
     @torch.no_grad()
     def __call__(self, prompts: Sequence, completions: Sequence, **_) -> list[float]:
@@ -338,26 +259,33 @@ class LazyRewardModelScorer:
     """A `RewardModelScorer` over a saved reward model, loaded on the first call (the ``model:PATH`` term).
 
     Building a spec thus stays cheap (a script can check the dataset columns first) and the spec stays
-    picklable until used. Loading goes through `open_rlhf.models.load_reward_scorer`, imported there because
-    `open_rlhf.models` imports this module.
+    picklable until used. `to` before the first call sets the device the model is loaded onto; after it, moves
+    the loaded model.
 
     Args:
         reward_model_path (`str`): a directory saved by ``train_reward.py`` (model and tokenizer).
+        device (`str` or `torch.device`, *optional*): where to load and score; default the CPU.
     """
 
-    def __init__(self, reward_model_path: str):
+    def __init__(self, reward_model_path: str, device: str | torch.device | None = None):
         self.reward_model_path = reward_model_path
+        self.device = device
         self.__name__ = "reward_model"
         self._scorer: RewardModelScorer | None = None
 
     @property
     def scorer(self) -> RewardModelScorer:
-        """The loaded `RewardModelScorer` (loads it on first access; move ``scorer.model`` to a device here)."""
+        """The loaded `RewardModelScorer` (loaded on first access, onto ``device``)."""
         if self._scorer is None:
-            from open_rlhf.models import load_reward_scorer
-
-            self._scorer = load_reward_scorer(self.reward_model_path)
+            self._scorer = RewardModelScorer.from_pretrained(self.reward_model_path, device=self.device)
         return self._scorer
+
+    def to(self, device: str | torch.device) -> LazyRewardModelScorer:
+        """Score on ``device`` from now on (moves the model if it is already loaded); returns self."""
+        self.device = device
+        if self._scorer is not None:
+            self._scorer.to(device)
+        return self
 
     def __call__(self, prompts: Sequence, completions: Sequence, **kwargs) -> list[float]:
         return self.scorer(prompts, completions, **kwargs)
@@ -405,6 +333,14 @@ class RewardSpec:
         """Whether a term reads the gold ``answer`` column."""
         return "answer" in self.required_columns
 
+    def to(self, device: str | torch.device) -> RewardSpec:
+        """Move every term that holds a model (a reward model) to ``device``; returns self. Terms without a
+        ``to`` method (the verifiable and format rewards) run anywhere."""
+        for func in self.funcs:
+            if hasattr(func, "to"):
+                func.to(device)
+        return self
+
     def __call__(self, prompts: Sequence, completions: Sequence, **kwargs) -> list[float]:
         """The weighted sum of the terms: `list[float]` of length `B` (one score per completion)."""
         total = [0.0] * len(completions)
@@ -424,7 +360,7 @@ _SPEC_HELP = ("Valid names: accuracy, math, format, length[:TARGET_CHARS], model
 def _build_term(name: str, argument: str | None, where: str) -> tuple[RewardFunction, tuple[str, ...]]:
     """The reward function of one spec term and the dataset columns it reads."""
     if name in ("accuracy", "math", "format") and argument is not None:
-        raise ValueError(f"{where}: {name!r} takes no argument, got {argument!r}. {_SPEC_HELP}")
+        raise RewardSpecError(f"{where}: {name!r} takes no argument, got {argument!r}. {_SPEC_HELP}")
     if name == "accuracy":
         return accuracy_reward, ("answer",)
     if name == "math":
@@ -435,18 +371,18 @@ def _build_term(name: str, argument: str | None, where: str) -> tuple[RewardFunc
         if argument is None:
             return length_penalty(), ()
         if not argument.isdigit() or int(argument) <= 0:
-            raise ValueError(f"{where}: the length target must be a positive whole number of characters, got "
+            raise RewardSpecError(f"{where}: the length target must be a positive whole number of characters, got "
                              f"{argument!r}. {_SPEC_HELP}")
         return length_penalty(int(argument)), ()
     if name == "model":
         if not argument:
-            raise ValueError(f"{where}: 'model' needs the reward model directory, as in "
+            raise RewardSpecError(f"{where}: 'model' needs the reward model directory, as in "
                              f"'model:runs/default/reward'. {_SPEC_HELP}")
         if not Path(argument).is_dir():
-            raise FileNotFoundError(f"{where}: reward model directory {argument!r} does not exist. Train one with "
+            raise ModelNotFoundError(f"{where}: reward model directory {argument!r} does not exist. Train one with "
                                     f"scripts/train_reward.py (it writes e.g. runs/default/reward) or fix the path.")
         return LazyRewardModelScorer(argument), ()
-    raise ValueError(f"{where}: unknown reward name {name!r}. {_SPEC_HELP}")
+    raise RewardSpecError(f"{where}: unknown reward name {name!r}. {_SPEC_HELP}")
 
 
 @dataclass(frozen=True)
@@ -465,16 +401,16 @@ def parse_reward_spec(spec: str) -> list[RewardTerm]:
     """Split a reward spec into its terms and check their syntax (not the names; see `build_reward_functions`).
 
     Raises:
-        ValueError: on an empty spec or term, or a weight that is not a finite number.
+        RewardSpecError (a `ValueError`): on an empty spec or term, or a weight that is not a finite number.
     """
     if not isinstance(spec, str) or not spec.strip():
-        raise ValueError(f"Empty reward spec {spec!r}. {_SPEC_HELP}")
+        raise RewardSpecError(f"Empty reward spec {spec!r}. {_SPEC_HELP}")
     terms = []
     for index, raw_term in enumerate(spec.split(",")):
         term = raw_term.strip()
         where = f"reward spec {spec!r}, term {index + 1} {term!r}"
         if not term:
-            raise ValueError(f"{where}: empty term (a stray comma?). {_SPEC_HELP}")
+            raise RewardSpecError(f"{where}: empty term (a stray comma?). {_SPEC_HELP}")
         weight = 1.0
         if "*" in term:
             weight_text, term_body = (part.strip() for part in term.split("*", 1))
@@ -483,7 +419,7 @@ def parse_reward_spec(spec: str) -> list[RewardTerm]:
             except ValueError:
                 weight = math.nan
             if not math.isfinite(weight):
-                raise ValueError(f"{where}: weight {weight_text!r} is not a finite number. {_SPEC_HELP}")
+                raise RewardSpecError(f"{where}: weight {weight_text!r} is not a finite number. {_SPEC_HELP}")
         else:
             term_body = term
         name, colon, argument = term_body.partition(":")
@@ -509,9 +445,9 @@ def build_reward_functions(spec: str) -> RewardSpec:
         (``required_columns``, ``needs_answer``); call it for the weighted sum.
 
     Raises:
-        ValueError: on an empty spec or term, a weight that is not a finite number, an unknown name, a missing or
+        RewardSpecError (a `ValueError`): on an empty spec or term, a weight that is not a finite number, an unknown name, a missing or
             malformed argument; the message names the term, the valid names and an example.
-        FileNotFoundError: when a ``model:PATH`` directory does not exist.
+        ModelNotFoundError (a `FileNotFoundError`): when a ``model:PATH`` directory does not exist.
     """
     funcs, weights, names, base_names, columns = [], [], [], [], []
     for term in parse_reward_spec(spec):
@@ -528,10 +464,10 @@ def check_columns(reward: RewardSpec, columns: Sequence[str], dataset_name: str)
     """Fail early when the prompts lack a column the reward reads (e.g. ``answer`` for ``math``/``accuracy``).
 
     Raises:
-        ValueError: naming the dataset, the missing columns and the reward terms that need them.
+        ConfigError (a `ValueError`): naming the dataset, the missing columns and the reward terms that need them.
     """
     missing = [c for c in reward.required_columns if c not in columns]
     if missing:
-        raise ValueError(f"Dataset {dataset_name!r} has no {missing} column(s), which the reward "
+        raise ConfigError(f"Dataset {dataset_name!r} has no {missing} column(s), which the reward "
                          f"{reward.__name__!r} needs (columns: {list(columns)}). Use data with gold answers "
                          "(builtin, GSM8K), or a reward without answer checking, e.g. 'model:PATH'.")

@@ -1,112 +1,273 @@
-"""What every stage script does around its trainer: output-dir safety, resume, atomic final save, completion marker.
+"""The stages, as a table: one small `StageSpec` per stage and one runner, `run_stage`, for all of them.
 
-Rules (STYLE.md): an output_dir is never deleted; a stage resumes from its last checkpoint; a finished stage
-refuses to be overwritten; the final model is moved into place only once fully written.
+TRL's own ``trl/scripts/*.py`` are the model: a stage is a spec (trainer, config class, data kind, padding side,
+model loader, what goes into the trainer), not a copy of a script. ``scripts/train_<stage>.py`` and the
+``open-rlhf <stage>`` command (`open_rlhf.cli`) both run `run_stage`. A new stage is one `StageSpec` entry in
+`STAGES` plus its preset ``config/<stage>/default.yaml``.
+
+What `run_stage` does, for every stage:
+
+1. logging for this process (`open_rlhf.logs.setup_logging`) and one line on the precision and why;
+2. the output folder: refuse a finished run, find the checkpoint to resume from (`open_rlhf.outputs`);
+3. seed (before any model is built: a new reward or value head is randomly initialised);
+4. model(s) and tokenizer; the fused RMSNorm when asked (``--use_fused_rmsnorm``);
+5. the reward functions of an RL stage (``--reward``, `open_rlhf.rewards.build_reward_functions`);
+6. data: the train/eval split of ``--dataset_name`` for the stage's data kind (`open_rlhf.data.load_splits`);
+7. the trainer, with a progress bar that names the stage and shows the loss; ``train`` (resuming);
+8. the final model saved atomically behind the completion marker (`open_rlhf.outputs.save_final`).
 """
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import tempfile
-import time
+import logging
 from collections.abc import Callable
-from pathlib import Path
+from dataclasses import dataclass, field
+from typing import Any
 
-COMPLETE_MARKER = "training_complete.json"
+from open_rlhf import data, models, outputs, rewards
+from open_rlhf.config import (
+    DPOConfig,
+    GRPOConfig,
+    KTOConfig,
+    RewardConfig,
+    RLOOConfig,
+    ScriptArguments,
+    SFTConfig,
+)
+from open_rlhf.logs import setup_logging
 
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temp file in the same folder and `os.replace` (no torn files)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def is_complete(output_dir: str | Path) -> bool:
-    """True when ``output_dir`` holds a finished stage (its completion marker exists)."""
-    return (Path(output_dir) / COMPLETE_MARKER).is_file()
+logger = logging.getLogger(__name__)
 
 
-def prepare_output_dir(output_dir: str | Path) -> str | None:
-    """Check ``output_dir`` before training and return the checkpoint to resume from, if any.
+def _trl(name: str) -> Callable[[], type]:
+    def load():
+        import trl
 
-    Returns:
-        `str | None`: the last ``checkpoint-N`` folder (via `transformers.trainer_utils.get_last_checkpoint`).
+        return getattr(trl, name)
+
+    return load
+
+
+def _ppo_config() -> type:
+    from open_rlhf.trainers.ppo import PPOConfig
+
+    return PPOConfig
+
+
+def _ppo_trainer() -> type:
+    from open_rlhf.trainers.ppo import PPOTrainer
+
+    return PPOTrainer
+
+
+def _simpo_config() -> type:
+    from open_rlhf.trainers.simpo import SimPOConfig
+
+    return SimPOConfig
+
+
+def _simpo_trainer() -> type:
+    from open_rlhf.trainers.simpo import SimPOTrainer
+
+    return SimPOTrainer
+
+
+def _orpo_config() -> type:
+    from open_rlhf.trainers.experimental import orpo_config_class
+
+    return orpo_config_class()
+
+
+def _orpo_trainer() -> type:
+    from open_rlhf.trainers.experimental import orpo_classes
+
+    return orpo_classes()[1]
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """How one stage is trained.
+
+    Attributes:
+        name: the stage's name (``open-rlhf <name>``, ``scripts/train_<name>.py``).
+        summary: one line for ``open-rlhf --help``.
+        config: returns the config class (a `transformers.TrainingArguments`); a callable, so that a guarded
+            ``trl.experimental`` import happens only when that stage runs.
+        trainer: returns the trainer class.
+        data_kind: the `open_rlhf.data.load_splits` kind: ``"sft"``, ``"preference"``, ``"unpaired"``,
+            ``"prompt"``.
+        model: ``"causal_lm"`` (policy), ``"scalar_head"`` (a reward model: a new one-output head), or
+            ``"ppo"`` (policy, reference and value model; our PPO trainer).
+        padding_side: of the tokenizer (``"left"`` for stages that generate).
+        trainer_kwargs: fixed extra keyword arguments of the trainer (``{"ref_model": None}``).
+        eval_dataset: whether the held-out split goes to the trainer (the RL stages keep it for the pipeline's
+            final evaluation only).
+        reward: whether the stage takes a reward spec (``--reward``) and passes its terms to the trainer.
+        lora_task_type: PEFT task type of ``--use_peft`` (``"SEQ_CLS"`` for a classifier: its head must train).
+    """
+
+    name: str
+    summary: str
+    config: Callable[[], type]
+    trainer: Callable[[], type]
+    data_kind: str
+    model: str = "causal_lm"
+    padding_side: str = "right"
+    trainer_kwargs: dict[str, Any] = field(default_factory=dict)
+    eval_dataset: bool = True
+    reward: bool = False
+    lora_task_type: str | None = None
+
+
+def _spec(name, summary, config, trainer, data_kind, **kwargs) -> tuple[str, StageSpec]:
+    return name, StageSpec(name, summary, config, trainer, data_kind, **kwargs)
+
+
+STAGES: dict[str, StageSpec] = dict([
+    _spec("sft", "supervised fine-tuning on demonstrations (TRL SFTTrainer)", lambda: SFTConfig, _trl("SFTTrainer"),
+          "sft"),
+    _spec("reward", "reward model on chosen/rejected pairs (TRL RewardTrainer)", lambda: RewardConfig,
+          _trl("RewardTrainer"), "preference", model="scalar_head", lora_task_type="SEQ_CLS"),
+    _spec("dpo", "DPO, IPO and other DPO losses via --loss_type (TRL DPOTrainer)", lambda: DPOConfig,
+          _trl("DPOTrainer"), "preference", trainer_kwargs={"ref_model": None}),
+    _spec("kto", "KTO from unpaired or paired preferences (TRL KTOTrainer)", lambda: KTOConfig,
+          _trl("KTOTrainer"), "unpaired", trainer_kwargs={"ref_model": None}),
+    _spec("orpo", "ORPO, no reference model (TRL trl.experimental.orpo, guarded)", _orpo_config, _orpo_trainer,
+          "preference"),
+    _spec("simpo", "SimPO, no reference model (ours, a DPOTrainer subclass)", _simpo_config, _simpo_trainer,
+          "preference"),
+    _spec("grpo", "GRPO with verifiable rewards or a reward model (TRL GRPOTrainer)", lambda: GRPOConfig,
+          _trl("GRPOTrainer"), "prompt", padding_side="left", eval_dataset=False, reward=True),
+    _spec("rloo", "RLOO with verifiable rewards or a reward model (TRL RLOOTrainer)", lambda: RLOOConfig,
+          _trl("RLOOTrainer"), "prompt", padding_side="left", eval_dataset=False, reward=True),
+    _spec("ppo", "PPO and REINFORCE++ (ours: TRL removed PPO in 1.13)", _ppo_config, _ppo_trainer, "prompt",
+          model="ppo", padding_side="left", eval_dataset=False, reward=True),
+])
+
+
+def make_parser(name: str):
+    """The `trl.TrlParser` of a stage: ``(ScriptArguments, <stage config>, ModelConfig)``.
 
     Raises:
-        FileExistsError: when ``output_dir`` already holds a finished stage; nothing is overwritten. Pick another
-            ``--output_dir`` (or move the old one away).
+        KeyError: for an unknown stage name.
     """
-    from transformers.trainer_utils import get_last_checkpoint
+    from trl import ModelConfig, TrlParser
 
-    output_dir = Path(output_dir)
-    if is_complete(output_dir):
-        raise FileExistsError(
-            f"{output_dir} already holds a finished run ({COMPLETE_MARKER} exists); refusing to overwrite it. "
-            "Use another --output_dir."
-        )
-    if not output_dir.is_dir():
+    return TrlParser((ScriptArguments, STAGES[name].config(), ModelConfig))
+
+
+def reward_spec_of(spec: StageSpec, training_args) -> str | None:
+    """The reward spec string a stage trains with (None for offline stages).
+
+    PPO without ``--reward``: ``model:<reward_model_path>`` when a reward model is given, else the built-in
+    verifiable ``accuracy``.
+    """
+    if not spec.reward:
         return None
-    return get_last_checkpoint(str(output_dir))
+    if spec.model == "ppo" and not training_args.reward:
+        return f"model:{training_args.reward_model_path}" if training_args.reward_model_path else "accuracy"
+    return training_args.reward
 
 
-def save_final(output_dir: str | Path, save_fn: Callable[[Path], None], info: dict) -> None:
-    """Save the final model atomically, then mark the stage complete.
+def _load_models(spec: StageSpec, training_args, model_args) -> dict[str, Any]:
+    """The stage's models and tokenizer; ``model_path`` is the resolved starting checkpoint."""
+    if spec.model == "ppo":
+        policy, ref_model, tokenizer, model_path = models.load_policy_and_reference(
+            model_args, training_args.sft_model_path)
+        value_model = None  # REINFORCE++ has none
+        if training_args.advantage_estimator == "gae":
+            value_model = models.load_value_model(training_args.value_model_path, training_args.reward_model_path,
+                                                  model_path, tokenizer.pad_token_id)
+        return {"model": policy, "ref_model": ref_model, "value_model": value_model, "tokenizer": tokenizer,
+                "model_path": model_path}
+    model_path = models.resolve_model_path(model_args.model_name_or_path)
+    tokenizer = models.load_tokenizer(model_path, padding_side=spec.padding_side)
+    if spec.model == "scalar_head":
+        model = models.load_scalar_head_model(model_path, tokenizer.pad_token_id, model_args)
+    else:
+        model = models.load_causal_lm(model_path, model_args)
+    return {"model": model, "tokenizer": tokenizer, "model_path": model_path}
 
-    ``save_fn(tmp_dir)`` writes the model (``save_pretrained``) into a temp folder inside ``output_dir``; its
-    entries are then renamed into ``output_dir`` and the completion marker (with ``info``) is written last, so a
-    crash leaves either no final model or a complete one, and checkpoints are never touched.
+
+def _build_trainer(spec: StageSpec, loaded: dict, training_args, model_args, train_dataset, eval_dataset,
+                   reward) -> Any:
+    from trl import get_peft_config
+
+    trainer_class = spec.trainer()
+    if spec.model == "ppo":
+        return trainer_class(args=training_args, processing_class=loaded["tokenizer"], model=loaded["model"],
+                             ref_model=loaded["ref_model"], reward_funcs=[reward],
+                             value_model=loaded["value_model"], train_dataset=train_dataset)
+    kwargs = dict(spec.trainer_kwargs)
+    if spec.eval_dataset:
+        kwargs["eval_dataset"] = eval_dataset
+    if reward is not None:
+        kwargs["reward_funcs"] = reward.funcs
+    if spec.lora_task_type:
+        model_args.lora_task_type = spec.lora_task_type
+    trainer = trainer_class(model=loaded["model"], args=training_args, train_dataset=train_dataset,
+                            processing_class=loaded["tokenizer"], peft_config=get_peft_config(model_args), **kwargs)
+    from open_rlhf.progress import use_stage_progress
+
+    use_stage_progress(trainer, spec.name)
+    return trainer
+
+
+def run_stage(name: str, script_args: ScriptArguments, training_args, model_args) -> None:
+    """Train one stage end to end (see the module docstring for the steps).
+
+    Args:
+        name (`str`): a key of `STAGES`.
+        script_args (`ScriptArguments`), training_args (the stage's config), model_args (`trl.ModelConfig`):
+            as parsed by `make_parser`.
+
+    Raises:
+        open_rlhf.errors.UserError: for what the user can fix: a finished ``output_dir``, bad data, a bad reward
+            spec, a missing model, an unsupported option (the runner prints it and exits with status 2).
     """
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".final-", dir=output_dir))
-    try:
-        save_fn(tmp)
-        for entry in tmp.iterdir():
-            target = output_dir / entry.name
-            if target.is_dir() and not target.is_symlink():
-                shutil.rmtree(target)  # a leftover of an earlier interrupted final save of this same stage
-            os.replace(entry, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    atomic_write_text(output_dir / COMPLETE_MARKER,
-                      json.dumps({"finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"), **peak_memory(), **info},
-                                 indent=1, default=str))
+    from transformers import set_seed
 
+    spec = STAGES[name]
+    setup_logging(training_args)
+    if training_args.should_log and hasattr(training_args, "precision_line"):
+        logger.info("%s: %s", name, training_args.precision_line)
 
-def peak_memory() -> dict[str, float]:
-    """This process's peak memory so far, in MB: ``peak_rss_mb`` (resident set, from ``getrusage``) and, with
-    CUDA, ``peak_gpu_mb`` (``torch.cuda.max_memory_allocated``). Recorded in every stage's completion marker."""
-    import resource
-    import sys
+    # Output dir, resume, seed (before any model is built: a new reward/value head is randomly initialised)
+    last_checkpoint = outputs.prepare_output_dir(training_args.output_dir)
+    set_seed(training_args.seed)
 
-    import torch
+    # Models and tokenizer
+    loaded = _load_models(spec, training_args, model_args)
+    if script_args.use_fused_rmsnorm:
+        for key in ("model", "ref_model", "value_model"):
+            if loaded.get(key) is not None:
+                models.use_fused_rmsnorm(loaded[key])
 
-    rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KB on Linux, bytes on macOS
-    out = {"peak_rss_mb": rss_kb / (2**20 if sys.platform == "darwin" else 2**10)}
-    if torch.cuda.is_available():
-        out["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
-    return out
+    # Rewards (RL stages)
+    reward_spec = reward_spec_of(spec, training_args)
+    reward = rewards.build_reward_functions(reward_spec) if reward_spec else None
+    if reward is not None and spec.model != "ppo":
+        training_args.reward_weights = reward.weights  # TRL logs each term; the spec's weights sum them
 
+    # Data (the RL stages' eval split is held out for the pipeline's final evaluation, not trained on)
+    train_dataset, eval_dataset = data.load_splits(
+        script_args.dataset_name, spec.data_kind, eval_size=script_args.eval_size, seed=script_args.split_seed,
+        max_samples=script_args.max_train_samples)
+    if reward is not None:
+        rewards.check_columns(reward, train_dataset.column_names, script_args.dataset_name)
 
-def read_log_history(output_dir: str | Path) -> list[dict]:
-    """The ``log_history`` of a finished stage's ``trainer_state.json`` (TRL stages and our PPO), or []."""
-    path = Path(output_dir) / "trainer_state.json"
-    if not path.is_file():
-        return []
-    return json.loads(path.read_text()).get("log_history", [])
+    # Train
+    trainer = _build_trainer(spec, loaded, training_args, model_args, train_dataset, eval_dataset, reward)
+    trainer.train(resume_from_checkpoint=last_checkpoint)
 
-
-def save_trainer(trainer, folder: Path) -> None:
-    """Save a TRL/transformers trainer's model (``save_pretrained``; the adapter for PEFT), tokenizer and state."""
-    trainer.save_model(str(folder))
-    trainer.state.save_to_json(str(Path(folder) / "trainer_state.json"))
+    # Save
+    info = {"stage": name, "model": loaded["model_path"], "dataset": script_args.dataset_name,
+            "train_examples": len(train_dataset)}
+    if reward_spec:
+        info["reward"] = reward_spec
+    if spec.model == "ppo":
+        info["global_step"] = trainer.global_step
+        outputs.save_final(training_args.output_dir, trainer.save_model, info)
+    else:
+        info["global_step"] = trainer.state.global_step
+        outputs.save_final(training_args.output_dir, lambda folder: outputs.save_trainer(trainer, folder), info)

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from trl import ModelConfig, TrlParser
 
 from open_rlhf import data, models, rewards
-from open_rlhf.benchmark import PeakMemory, append_csv, machine_context, print_table
+from open_rlhf.benchmark import report
+from open_rlhf.memory import PeakMemory
 from open_rlhf.trainers.ppo import PPOConfig, PPOTrainer
 
 
@@ -66,11 +67,9 @@ def main(args: BenchPPOArguments, model_args: ModelConfig) -> None:
     for row in rows:
         row["step_vs_base"] = row["step_s"] / base["step_s"]
         row["tokens_per_s_vs_base"] = row["tokens_per_s"] / base["tokens_per_s"]
-    print_table(rows, ["setting", "generate_s", "score_s", "forward_s", "train_s", "step_s", "tokens_per_s",
-                       "peak_mb", "step_vs_base", "tokens_per_s_vs_base"],
-                title=f"One PPO update on {model_path} (mean of {args.steps} after {args.warmup} warm-up)")
-    path = append_csv(rows, args.csv, {**machine_context(), "model": model_path})
-    print(f"rows appended to {path}")
+    report(rows, ["setting", "generate_s", "score_s", "forward_s", "train_s", "step_s", "tokens_per_s", "peak_mb",
+                  "step_vs_base", "tokens_per_s_vs_base"],
+           f"One PPO update on {model_path} (mean of {args.steps} after {args.warmup} warm-up)", args.csv, model_path)
 
 
 def make_parser() -> TrlParser:

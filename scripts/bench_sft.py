@@ -16,8 +16,9 @@ from trl import ModelConfig, SFTTrainer, TrlParser
 from trl.trainer.utils import compute_flops_per_token
 
 from open_rlhf import data, models
-from open_rlhf.benchmark import PeakMemory, append_csv, machine_context, matmul_gflops, print_table
+from open_rlhf.benchmark import matmul_gflops, report
 from open_rlhf.config import SFTConfig
+from open_rlhf.memory import PeakMemory
 
 
 @dataclass
@@ -59,11 +60,9 @@ def main(args: BenchSFTArguments, model_args: ModelConfig) -> None:
         row["matmul_gflops"] = peaks[row["precision"]]
         row["mfu"] = row["achieved_gflops"] / row["matmul_gflops"]
         row["speedup_vs_base"] = row["tokens_per_s"] / rows[0]["tokens_per_s"]
-    print_table(rows, ["precision", "tokens_per_s", "seq_len", "achieved_gflops", "matmul_gflops", "mfu",
-                       "peak_mb", "speedup_vs_base"], title=f"SFT on {model_path}, batch {args.batch_size}")
+    report(rows, ["precision", "tokens_per_s", "seq_len", "achieved_gflops", "matmul_gflops", "mfu", "peak_mb",
+                  "speedup_vs_base"], f"SFT on {model_path}, batch {args.batch_size}", args.csv, model_path)
     print("matmul_gflops: measured here, (2048x2048)@(2048x2048); MFU = achieved / measured matmul throughput")
-    path = append_csv(rows, args.csv, {**machine_context(), "model": model_path})
-    print(f"rows appended to {path}")
 
 
 def make_parser() -> TrlParser:

@@ -7,20 +7,7 @@ wall time, peak memory); see `open_rlhf.compare`. Finished methods are reused, s
     python scripts/compare_methods.py --methods dpo simpo grpo --run_name methods-small
 """
 
-from trl import TrlParser
-
-from open_rlhf.compare import CompareArguments, compare_methods, markdown_table
-
-
-def main(args: CompareArguments) -> None:
-    rows = compare_methods(args)
-    print(markdown_table(rows))
-    print(f"Written: {args.run_dir / 'method_comparison.csv'}, .md, .png")
-
-
-def make_parser() -> TrlParser:
-    return TrlParser((CompareArguments,))
-
+from open_rlhf.compare import compare_main
 
 if __name__ == "__main__":
-    main(*make_parser().parse_args_and_config())
+    compare_main()

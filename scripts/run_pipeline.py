@@ -12,18 +12,7 @@ policies on held-out prompts: task accuracy, reward-model score, KL to the SFT p
         --rl_dataset ../shared/data/gsm8k/test.jsonl --run_name real
 """
 
-from trl import TrlParser
-
-from open_rlhf.pipeline import PipelineArguments, run_pipeline
-
-
-def main(pipeline_args: PipelineArguments) -> None:
-    run_pipeline(pipeline_args)
-
-
-def make_parser() -> TrlParser:
-    return TrlParser((PipelineArguments,))
-
+from open_rlhf.pipeline import pipeline_main
 
 if __name__ == "__main__":
-    main(*make_parser().parse_args_and_config())
+    pipeline_main()

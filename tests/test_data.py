@@ -1,4 +1,4 @@
-"""Tests of the data layer (open_rlhf/data.py) and the built-in arithmetic task (open_rlhf/arithmetic.py).
+"""Tests of the data layer (open_rlhf/data.py) and the built-in arithmetic task (open_rlhf/tasks/arithmetic.py).
 
 Real data is read from the shared folder beside the checkout (<parent>/shared/data); those tests skip when it
 is absent. Everything here is CPU-only and fast.
@@ -16,9 +16,15 @@ from pathlib import Path
 import pytest
 from datasets import Dataset
 
-from open_rlhf import arithmetic, data
-from open_rlhf.arithmetic import ANSWER_INSTRUCTION, ArithmeticProblem, generate_problem, generate_problems
+from open_rlhf import data
 from open_rlhf.data import DataFormatError
+from open_rlhf.tasks import arithmetic
+from open_rlhf.tasks.arithmetic import (
+    ANSWER_INSTRUCTION,
+    ArithmeticProblem,
+    generate_problem,
+    generate_problems,
+)
 
 _EQUATION = re.compile(r": (\d+) ([-+*/]) (\d+) = (\d+) ")
 _OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b, "/": lambda a, b: a / b}

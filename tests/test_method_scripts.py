@@ -33,11 +33,11 @@ def assert_trained(out, start, loss_key="loss"):
 
 
 @pytest.mark.parametrize("script, flags", [
-    ("train_dpo", ["--loss_type", "ipo"]),
-    ("train_dpo", ["--loss_type", "sigmoid", "hinge", "--loss_weights", "0.7", "0.3"]),
-    ("train_kto", []),
-    ("train_orpo", []),
-    ("train_simpo", []),
+    ("dpo", ["--loss_type", "ipo"]),
+    ("dpo", ["--loss_type", "sigmoid", "hinge", "--loss_weights", "0.7", "0.3"]),
+    ("kto", []),
+    ("orpo", []),
+    ("simpo", []),
 ], ids=["ipo", "dpo+hinge", "kto", "orpo", "simpo"])
 def test_offline_method_trains(tmp_path, tiny_model_dir, script, flags):
     out = tmp_path / "out"
@@ -46,7 +46,7 @@ def test_offline_method_trains(tmp_path, tiny_model_dir, script, flags):
     assert_trained(out, tiny_model_dir)
 
 
-@pytest.mark.parametrize("script", ["train_grpo", "train_rloo"])
+@pytest.mark.parametrize("script", ["grpo", "rloo"])
 def test_online_method_trains(tmp_path, tiny_model_dir, script):
     out = tmp_path / "out"
     run(script, ["--model_name_or_path", str(tiny_model_dir), "--output_dir", str(out), "--max_steps", "2",
@@ -58,7 +58,7 @@ def test_online_method_trains(tmp_path, tiny_model_dir, script):
 
 def test_reinforce_pp_script_trains_without_a_value_model(tmp_path, tiny_model_dir):
     out = tmp_path / "out"
-    run("train_ppo", ["--model_name_or_path", str(tiny_model_dir), "--output_dir", str(out), "--max_steps", "2",
+    run("ppo", ["--model_name_or_path", str(tiny_model_dir), "--output_dir", str(out), "--max_steps", "2",
                       "--advantage_estimator", "reinforce_pp", "--reward", "length:5", "--response_length", "8",
                       "--gradient_accumulation_steps", "1", *COMMON])
     state = history(out)
@@ -71,6 +71,6 @@ def test_reward_spec_needing_answers_is_checked_against_the_data(tmp_path, tiny_
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("\n".join(json.dumps({"prompt": f"Say {i}."}) for i in range(16)) + "\n")
     with pytest.raises(ValueError, match="no \\['answer'\\] column"):
-        run("train_grpo", ["--model_name_or_path", str(tiny_model_dir), "--output_dir", str(tmp_path / "o"),
+        run("grpo", ["--model_name_or_path", str(tiny_model_dir), "--output_dir", str(tmp_path / "o"),
                            "--dataset_name", str(prompts), "--max_steps", "1",
                            *[f if f != "length:5" else "math" for f in ONLINE]])

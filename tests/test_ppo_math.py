@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from open_rlhf.trainers.ppo import (
+from open_rlhf.rl_math import (
     AdaptiveKLController,
     compute_gae,
     compute_rewards,

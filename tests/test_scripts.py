@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -11,21 +10,16 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from open_rlhf import compare, pipeline, stages
+
 REPO = Path(__file__).resolve().parents[1]
 COMMON = ["--per_device_train_batch_size", "2", "--max_train_samples", "16", "--eval_size", "4",
           "--report_to", "none", "--logging_steps", "1", "--save_steps", "1", "--learning_rate", "1e-3"]
 
 
-def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def run(name: str, args: list[str]):
-    module = load_script(name)
-    module.main(*module.make_parser().parse_args_and_config(args=args))
+def run(stage: str, args: list[str]):
+    """What ``open-rlhf <stage> ARGS`` and ``scripts/train_<stage>.py ARGS`` do, in this process."""
+    stages.run_stage(stage, *stages.make_parser(stage).parse_args_and_config(args=args))
 
 
 def weights(folder: Path) -> dict[str, torch.Tensor]:
@@ -46,12 +40,12 @@ def stage_outputs(tmp_path_factory, tiny_model_dir):
     """SFT -> reward -> PPO (with that reward model) and DPO, 2 steps each, chained as the pipeline does."""
     out = tmp_path_factory.mktemp("stages")
     tiny = str(tiny_model_dir)
-    run("train_sft", ["--model_name_or_path", tiny, "--output_dir", str(out / "sft"), "--max_steps", "2", *COMMON])
+    run("sft", ["--model_name_or_path", tiny, "--output_dir", str(out / "sft"), "--max_steps", "2", *COMMON])
     sft = str(out / "sft")
-    run("train_reward", ["--model_name_or_path", sft, "--output_dir", str(out / "reward"), "--max_steps", "2",
+    run("reward", ["--model_name_or_path", sft, "--output_dir", str(out / "reward"), "--max_steps", "2",
                          *COMMON])
-    run("train_dpo", ["--model_name_or_path", sft, "--output_dir", str(out / "dpo"), "--max_steps", "2", *COMMON])
-    run("train_ppo", ["--model_name_or_path", sft, "--output_dir", str(out / "ppo"), "--max_steps", "2",
+    run("dpo", ["--model_name_or_path", sft, "--output_dir", str(out / "dpo"), "--max_steps", "2", *COMMON])
+    run("ppo", ["--model_name_or_path", sft, "--output_dir", str(out / "ppo"), "--max_steps", "2",
                       "--reward_model_path", str(out / "reward"), "--response_length", "8",
                       "--gradient_accumulation_steps", "1", *COMMON])
     return out
@@ -95,7 +89,7 @@ def test_ppo_main_with_reward_model(stage_outputs):
 
 def test_ppo_main_defaults_to_verifiable_reward(tmp_path, tiny_model_dir):
     """No --reward_model_path: the built-in task's accuracy reward (0/1 per response)."""
-    run("train_ppo", ["--model_name_or_path", str(tiny_model_dir), "--output_dir", str(tmp_path), "--max_steps", "1",
+    run("ppo", ["--model_name_or_path", str(tiny_model_dir), "--output_dir", str(tmp_path), "--max_steps", "1",
                       "--response_length", "8", "--gradient_accumulation_steps", "1", *COMMON])
     history = json.loads((tmp_path / "trainer_state.json").read_text())["log_history"]
     assert history[0]["objective/scores"] in (0.0, 0.5, 1.0)
@@ -105,7 +99,7 @@ def test_finished_output_dir_is_never_overwritten(stage_outputs, tiny_model_dir)
     out = stage_outputs / "sft"
     before = (out / "model.safetensors").stat().st_mtime_ns
     with pytest.raises(FileExistsError, match="already holds a finished run"):
-        run("train_sft", ["--model_name_or_path", str(tiny_model_dir), "--output_dir", str(out), "--max_steps", "2",
+        run("sft", ["--model_name_or_path", str(tiny_model_dir), "--output_dir", str(out), "--max_steps", "2",
                           *COMMON])
     assert (out / "model.safetensors").stat().st_mtime_ns == before
 
@@ -114,9 +108,9 @@ def test_sft_resumes_from_last_checkpoint(tmp_path, tiny_model_dir):
     """A run killed after checkpoint-1 (simulated: its completion marker and final model are absent) resumes
     there instead of starting over: the resumed run logs only step 2."""
     args = ["--model_name_or_path", str(tiny_model_dir), "--output_dir", str(tmp_path), *COMMON]
-    run("train_sft", args + ["--max_steps", "1"])
+    run("sft", args + ["--max_steps", "1"])
     (tmp_path / "training_complete.json").unlink()  # as if killed after the checkpoint
-    run("train_sft", args + ["--max_steps", "2"])
+    run("sft", args + ["--max_steps", "2"])
     history = json.loads((tmp_path / "trainer_state.json").read_text())["log_history"]
     assert [h["step"] for h in history if "loss" in h] == [1, 2]  # step 1 restored from checkpoint-1, not re-run
 
@@ -148,20 +142,19 @@ def test_use_fused_rmsnorm_flag_patches_the_model(tmp_path, tiny_model_dir):
         model = load_causal_lm(str(tiny_model_dir))
         assert use_fused_rmsnorm(model) == 5
         model(input_ids=torch.tensor([[1, 2, 3]]))
-    run("train_sft", ["--model_name_or_path", str(tiny_model_dir), "--output_dir", str(tmp_path), "--max_steps", "1",
+    run("sft", ["--model_name_or_path", str(tiny_model_dir), "--output_dir", str(tmp_path), "--max_steps", "1",
                       "--use_fused_rmsnorm", *COMMON])
     assert math.isfinite(final_loss(tmp_path))
 
 
 def test_sft_with_lora(tmp_path, tiny_model_dir):
-    run("train_sft", ["--model_name_or_path", str(tiny_model_dir), "--output_dir", str(tmp_path), "--max_steps", "1",
+    run("sft", ["--model_name_or_path", str(tiny_model_dir), "--output_dir", str(tmp_path), "--max_steps", "1",
                       "--use_peft", "--lora_r", "4", "--lora_target_modules", "q_proj", "v_proj", *COMMON])
     assert (tmp_path / "adapter_model.safetensors").is_file()  # the adapter, loadable with PEFT
 
 
-CONFIG_PARSERS = {"sft": "train_sft", "reward": "train_reward", "dpo": "train_dpo", "ppo": "train_ppo",
-                  "kto": "train_kto", "orpo": "train_orpo", "simpo": "train_simpo", "grpo": "train_grpo",
-                  "rloo": "train_rloo", "pipeline": "run_pipeline", "compare": "compare_methods"}
+CONFIG_PARSERS = {**{name: (lambda n=name: stages.make_parser(n)) for name in stages.STAGES},
+                  "pipeline": pipeline.make_parser, "compare": compare.make_parser}
 
 
 def test_every_method_config_has_a_parser():
@@ -173,7 +166,7 @@ def test_every_method_config_has_a_parser():
 @pytest.mark.parametrize("config", sorted(p.relative_to(REPO) for d in CONFIG_PARSERS
                                           for p in (REPO / "config" / d).glob("*.yaml")), ids=str)
 def test_every_config_parses_with_its_stage_parser(config):
-    parser = load_script(CONFIG_PARSERS[config.parts[1]]).make_parser()
+    parser = CONFIG_PARSERS[config.parts[1]]()
     parsed = parser.parse_args_and_config(args=["--config", str(REPO / config)])
     assert parsed
     first_line = (REPO / config).read_text().splitlines()[0]
@@ -184,7 +177,7 @@ def test_unknown_yaml_key_is_an_error(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("max_steps: 2\nlerning_rate: 1.0e-5\n")
     with pytest.raises(ValueError, match="lerning_rate"):
-        load_script("train_sft").make_parser().parse_args_and_config(args=["--config", str(bad)])
+        stages.make_parser("sft").parse_args_and_config(args=["--config", str(bad)])
 
 
 def test_sft_with_qlora_and_no_eval_set(tmp_path, tiny_model_dir):
@@ -196,7 +189,7 @@ def test_sft_with_qlora_and_no_eval_set(tmp_path, tiny_model_dir):
 
     model = load_causal_lm(str(tiny_model_dir), ModelConfig(load_in_4bit=True))
     assert isinstance(model.model.layers[0].self_attn.q_proj, bnb.nn.Linear4bit)
-    run("train_sft", ["--model_name_or_path", str(tiny_model_dir), "--output_dir", str(tmp_path), "--max_steps", "1",
+    run("sft", ["--model_name_or_path", str(tiny_model_dir), "--output_dir", str(tmp_path), "--max_steps", "1",
                       "--use_peft", "--load_in_4bit", "--lora_r", "4", "--lora_target_modules", "q_proj", "v_proj",
                       *COMMON, "--eval_size", "0"])
     assert (tmp_path / "adapter_model.safetensors").is_file() and math.isfinite(final_loss(tmp_path))
@@ -206,7 +199,7 @@ def test_reward_stage_is_reproducible(tmp_path, tiny_model_dir):
     """Same seed, same result: the new scalar head is initialised after seeding (it once was not, and two
     identical pipeline runs gave reward models of 64% and 52% held-out accuracy)."""
     for name in ("a", "b"):
-        run("train_reward", ["--model_name_or_path", str(tiny_model_dir), "--output_dir", str(tmp_path / name),
+        run("reward", ["--model_name_or_path", str(tiny_model_dir), "--output_dir", str(tmp_path / name),
                              "--max_steps", "1", *COMMON])
     a, b = weights(tmp_path / "a"), weights(tmp_path / "b")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

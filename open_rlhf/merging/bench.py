@@ -68,23 +68,11 @@ def naive_merge(models: list[str], output_dir: str) -> None:
     AutoTokenizer.from_pretrained(models[0]).save_pretrained(output_dir)
 
 
-def peak_rss_mb() -> float:
-    """This process's peak RSS in MB (``VmHWM``, 2^20 bytes).
-
-    Not ``ru_maxrss``: Linux carries the parent's RSS at fork over into a child's ``ru_maxrss`` across exec, so
-    a child of a big driver process would report the driver's memory. ``VmHWM`` belongs to the exec'd image.
-    """
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError("/proc/self/status has no VmHWM (not Linux?)")
-
-
 def measure(cmd: list[str]) -> dict:
     """Run a worker ``cmd`` in a child process; return its wall time (s) and peak RSS (MB).
 
-    The worker prints ``PEAK_RSS_MB=<x>`` (from `peak_rss_mb`) as its last stdout line.
+    The worker prints ``PEAK_RSS_MB=<x>`` (`open_rlhf.memory.peak_memory`: its own ``VmHWM``, not the driver's)
+    as its last stdout line.
 
     Raises:
         RuntimeError: when the child fails (its stderr tail is in the message).
@@ -119,7 +107,9 @@ def _worker(argv: list[str]) -> None:
         merge_models(models, output_dir, "linear", max_shard_size_mb=shard_mb)
     else:
         raise SystemExit(f"unknown approach {approach!r}")
-    print(f"PEAK_RSS_MB={peak_rss_mb():.1f}", flush=True)
+    from open_rlhf.memory import peak_memory
+
+    print(f"PEAK_RSS_MB={peak_memory()['peak_rss_mb']:.1f}", flush=True)
 
 
 if __name__ == "__main__":

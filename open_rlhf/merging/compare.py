@@ -11,9 +11,10 @@ import json
 from pathlib import Path
 
 from open_rlhf import evaluation, models
-from open_rlhf.benchmark import append_csv, print_table
+from open_rlhf.atomic import append_csv, atomic_write_text
+from open_rlhf.benchmark import print_table
 from open_rlhf.merging.merge import merge_models
-from open_rlhf.stages import atomic_write_text
+from open_rlhf.rewards import RewardModelScorer
 
 # (name, method, keyword arguments of merge_models) for two models on a shared base
 DEFAULT_MERGES = [
@@ -48,7 +49,7 @@ def compare_merges(inputs: dict[str, str], base_model: str, output_dir: str | Pa
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     prompts, answers = evaluation.held_out_prompts(eval_source, eval_prompts, split_seed)
-    scorer = models.load_reward_scorer(reward_model_path) if reward_model_path else None
+    scorer = RewardModelScorer.from_pretrained(reward_model_path) if reward_model_path else None
 
     candidates = [("base", "input", base_model)] + [(name, "input", path) for name, path in inputs.items()]
     for name, method, kwargs in merges:

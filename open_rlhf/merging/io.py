@@ -5,7 +5,7 @@
   `safetensors.safe_open` on each access, so only the tensors a caller holds are in memory.
 * `LoraAdapterCheckpoint` presents a PEFT LoRA adapter folder as the full model it stands for:
   ``W + scaling * B @ A`` on the shared base model, tensor by tensor (what PEFT's ``merge_and_unload`` computes).
-* `atomic_output_dir` + `ShardedSafetensorsWriter` write the result into a temporary folder next to the target
+* `open_rlhf.atomic.atomic_output_dir` + `ShardedSafetensorsWriter` write the result into a temporary folder next to the target
   and move it into place with `os.replace`, so a half-written merge never appears under the final name, and
   an existing folder is never overwritten.
 """
@@ -19,7 +19,6 @@ import math
 import os
 import re
 import shutil
-import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -344,37 +343,6 @@ def open_checkpoint(path: str | Path, base: SafetensorsCheckpoint | None = None)
     return SafetensorsCheckpoint(path)
 
 
-@contextlib.contextmanager
-def atomic_output_dir(output_dir: str | Path) -> Iterator[Path]:
-    """Yield a fresh temporary folder next to ``output_dir``; move it to ``output_dir`` when the block succeeds.
-
-    On any exception the temporary folder is deleted and ``output_dir`` is left untouched (never created).
-
-    Args:
-        output_dir (`str` or `Path`): the final folder; it must not exist.
-
-    Raises:
-        FileExistsError: when ``output_dir`` already exists (before or, in a race, after the merge): merging
-            never overwrites a folder. Pick a new output_dir or remove the old one yourself.
-    """
-    target = Path(output_dir)
-    message = (f"{target} already exists; merging never overwrites an output folder. Pass a new output_dir "
-               "or remove the old folder yourself.")
-    if target.exists():
-        raise FileExistsError(message)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
-        yield tmp
-        os.chmod(tmp, 0o755)  # mkdtemp makes it private; the result is an ordinary model folder
-        if target.exists():
-            raise FileExistsError(message)
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
 class ShardedSafetensorsWriter:
     """Collect merged tensors and write them as ``model.safetensors`` or HF-style shards with an index.
 
@@ -383,7 +351,7 @@ class ShardedSafetensorsWriter:
     ``model-0000i-of-0000n.safetensors`` plus ``model.safetensors.index.json``, the layout of ``save_pretrained``.
 
     Args:
-        folder (`Path`): where to write (the temporary folder of `atomic_output_dir`).
+        folder (`Path`): where to write (the temporary folder of `open_rlhf.atomic.atomic_output_dir`).
         max_shard_bytes (`int`): shard size limit in bytes.
         metadata (`dict[str, str]`, *optional*): safetensors header metadata; ``format: pt`` is always set.
     """

@@ -25,12 +25,12 @@ from pathlib import Path
 
 import torch
 
+from open_rlhf.atomic import atomic_output_dir
 from open_rlhf.merging import methods
 from open_rlhf.merging.io import (
     LoraAdapterCheckpoint,
     SafetensorsCheckpoint,
     ShardedSafetensorsWriter,
-    atomic_output_dir,
     copy_aux_files,
     dtype_from_name,
     open_checkpoint,

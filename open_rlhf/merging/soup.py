@@ -127,7 +127,8 @@ def greedy_soup_from_folders(models: Sequence[str], output_dir: str, eval_datase
 
     from open_rlhf import data, evaluation
     from open_rlhf import models as model_io
-    from open_rlhf.merging.io import atomic_output_dir, copy_aux_files, open_checkpoint
+    from open_rlhf.atomic import atomic_output_dir
+    from open_rlhf.merging.io import copy_aux_files, open_checkpoint
 
     _, prompts_ds = data.load_splits(eval_dataset, "prompt", eval_size=eval_prompts, seed=split_seed)
     if "answer" not in prompts_ds.column_names:

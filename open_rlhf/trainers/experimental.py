@@ -7,7 +7,7 @@ silenced here, since this guard is the project's answer to it.
 
     from open_rlhf.trainers.experimental import orpo_classes, orpo_config_class
     _, ORPOTrainer = orpo_classes()
-    ORPOConfig = orpo_config_class()        # TRL's ORPOConfig + use_cpu=True on a machine without a GPU
+    ORPOConfig = orpo_config_class()        # TRL's ORPOConfig + device and bf16 from the hardware
 
 `ORPOConfig` and `CPOConfig` are also importable by name from this module (resolved lazily, so that a
 `training_args.bin` saved by the Trainer unpickles).
@@ -20,7 +20,7 @@ import importlib
 import warnings
 from dataclasses import dataclass
 
-from open_rlhf.config import CPUFallbackMixin
+from open_rlhf.config import HardwareDefaultsMixin
 
 TRL_PINNED_VERSION = "1.16.0"  # keep equal to the trl pin in requirements.txt (tests/test_simpo.py checks it)
 
@@ -70,21 +70,21 @@ def cpo_classes() -> tuple[type, type]:
     return _import_experimental("cpo", ("CPOConfig", "CPOTrainer"))
 
 
-def _with_cpu_fallback(base: type) -> type:
+def _with_hardware_defaults(base: type) -> type:
     # A real (module-level, named) dataclass: TrlParser needs a dataclass type, and the Trainer pickles its args
     # into training_args.bin, which needs the class reachable as open_rlhf.trainers.experimental.<name>
-    cls = type(base.__name__, (CPUFallbackMixin, base), {
+    cls = type(base.__name__, (HardwareDefaultsMixin, base), {
         "__module__": __name__,
         "__qualname__": base.__name__,
-        "__doc__": f"TRL's `{base.__name__}`; on a machine without an accelerator it runs on the CPU "
-                   "(see `open_rlhf.config.CPUFallbackMixin`).",
+        "__doc__": f"TRL's `{base.__name__}`; device and precision from the hardware "
+                   "(see `open_rlhf.config.HardwareDefaultsMixin`).",
     })
     return dataclass(cls)
 
 
 @functools.cache
 def orpo_config_class() -> type:
-    """TRL's `ORPOConfig` with `CPUFallbackMixin`: sets ``use_cpu=True`` on a machine without GPU/XPU/MPS.
+    """TRL's `ORPOConfig` with `HardwareDefaultsMixin`: the CPU on a machine without GPU/XPU/MPS, bf16 where native.
 
     A dataclass, so it goes into ``TrlParser((ScriptArguments, orpo_config_class(), ModelConfig))``; the same class
     object on every call, also importable as ``open_rlhf.trainers.experimental.ORPOConfig``.
@@ -92,17 +92,17 @@ def orpo_config_class() -> type:
     Raises:
         ImportError: when the installed TRL has no `trl.experimental.orpo` (see `TRL_PINNED_VERSION`).
     """
-    return _with_cpu_fallback(orpo_classes()[0])
+    return _with_hardware_defaults(orpo_classes()[0])
 
 
 @functools.cache
 def cpo_config_class() -> type:
-    """TRL's `CPOConfig` with `CPUFallbackMixin` (see `orpo_config_class`).
+    """TRL's `CPOConfig` with `HardwareDefaultsMixin` (see `orpo_config_class`).
 
     Raises:
         ImportError: when the installed TRL has no `trl.experimental.cpo` (see `TRL_PINNED_VERSION`).
     """
-    return _with_cpu_fallback(cpo_classes()[0])
+    return _with_hardware_defaults(cpo_classes()[0])
 
 
 def __getattr__(name: str):

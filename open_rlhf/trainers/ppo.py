@@ -58,6 +58,21 @@ from tqdm.auto import tqdm
 from transformers import TrainingArguments, get_scheduler
 from trl.trainer.utils import disable_dropout_in_model, selective_log_softmax_and_entropy
 
+from open_rlhf.config import HardwareDefaultsMixin
+from open_rlhf.errors import ConfigError
+from open_rlhf.rl_math import (
+    AdaptiveKLController,
+    FixedKLController,
+    compute_gae,
+    compute_rewards,
+    masked_mean,
+    masked_whiten,
+    ppo_policy_loss,
+    ppo_value_loss,
+    reinforce_pp_advantages,
+    response_mask_after_eos,
+)
+
 logger = logging.getLogger(__name__)
 
 INVALID_LOGPROB = 1.0  # fill value for masked positions; never read by a loss (all losses are masked)
@@ -67,7 +82,7 @@ CHECKPOINT_PREFIX = "checkpoint-"
 
 
 @dataclass
-class PPOConfig(TrainingArguments):
+class PPOConfig(HardwareDefaultsMixin, TrainingArguments):
     """`transformers.TrainingArguments` plus the PPO hyper-parameters.
 
     Batch sizes (per process): one rollout holds ``rollout_batch_size = per_device_train_batch_size *
@@ -86,8 +101,8 @@ class PPOConfig(TrainingArguments):
     report_to: str | list[str] = field(default="none", metadata={"help": "Integrations to report to."})
     bf16: bool | None = field(
         default=None,
-        metadata={"help": "bf16 autocast for every forward (default: on unless fp16). On a CPU with AVX512-BF16 it "
-                          "gave SFT 1.35x the fp32 throughput (bench_sft.py); log-probs and losses stay fp32."},
+        metadata={"help": "bf16 autocast for every forward. Default: on where the hardware runs bf16 natively "
+                          "(open_rlhf.hardware.auto_bf16), else fp32. Log-probs and losses stay fp32."},
     )
     # Data / rollout
     reward_model_path: str | None = field(
@@ -142,21 +157,17 @@ class PPOConfig(TrainingArguments):
     )
 
     def __post_init__(self):
-        if self.bf16 is None:
-            self.bf16 = not self.fp16
-        if not self.use_cpu and not torch.cuda.is_available():
-            self.use_cpu = True  # as open_rlhf.config.CPUFallbackMixin: bf16 on a CPU needs use_cpu
-        super().__post_init__()
+        super().__post_init__()  # HardwareDefaultsMixin (device, bf16), then TrainingArguments
         if self.advantage_estimator not in ADVANTAGE_ESTIMATORS:
-            raise ValueError(f"advantage_estimator must be one of {ADVANTAGE_ESTIMATORS}, got "
-                             f"{self.advantage_estimator!r}.")
+            raise ConfigError(f"--advantage_estimator must be one of {ADVANTAGE_ESTIMATORS}, got "
+                              f"{self.advantage_estimator!r}.")
         if self.kl_estimator not in ("k1", "k3"):
-            raise ValueError(f"kl_estimator must be 'k1' or 'k3', got {self.kl_estimator!r}.")
+            raise ConfigError(f"--kl_estimator must be 'k1' or 'k3', got {self.kl_estimator!r}.")
         for name in ("num_mini_batches", "num_ppo_epochs", "response_length", "local_rollout_forward_batch_size"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
+                raise ConfigError(f"--{name} must be >= 1, got {getattr(self, name)}.")
         if self.temperature <= 0:
-            raise ValueError(f"temperature must be > 0 (sampling is required for PPO), got {self.temperature}.")
+            raise ConfigError(f"--temperature must be > 0 (sampling is required for PPO), got {self.temperature}.")
 
     @property
     def rollout_batch_size(self) -> int:
@@ -165,265 +176,6 @@ class PPOConfig(TrainingArguments):
     @property
     def mini_batch_size(self) -> int:
         return self.per_device_train_batch_size * self.gradient_accumulation_steps
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Pure functions (unit-tested against hand-computed values)
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def masked_mean(values: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
-    """Mean of ``values`` over positions where ``mask`` is 1 (over ``dim``, or all positions)."""
-    mask = mask.to(values.dtype)
-    if dim is None:
-        return (values * mask).sum() / mask.sum().clamp(min=1)
-    return (values * mask).sum(dim) / mask.sum(dim).clamp(min=1)
-
-
-def masked_whiten(values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, reduce_sum=None) -> torch.Tensor:
-    """Normalise ``values`` to zero mean, unit variance over the masked positions; masked-out positions -> 0.
-
-    Uses the unbiased variance (Bessel's correction), as in Stiennon et al. 2020's reference code.
-
-    Args:
-        reduce_sum (*optional*): ``f(tensor) -> tensor`` summing a tensor over all processes (e.g.
-            ``lambda t: accelerator.reduce(t, "sum")``), so the mean and variance are those of the global batch;
-            None: this process's batch only.
-    """
-    reduce_sum = reduce_sum or (lambda t: t)
-    mask = mask.to(values.dtype)
-    n = reduce_sum((mask.sum()).detach().clone())
-    mean = reduce_sum((values * mask).sum().detach().clone()) / n.clamp(min=1)
-    centered = values - mean
-    variance = reduce_sum((centered**2 * mask).sum().detach().clone()) / (n - 1).clamp(min=1)
-    whitened = centered * torch.rsqrt(variance + 1e-8)
-    if not shift_mean:
-        whitened = whitened + mean
-    return whitened * mask
-
-
-def response_mask_after_eos(responses: torch.Tensor, eos_token_id: int | list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mask of the valid tokens of each response: everything up to and including its first EOS.
-
-    Args:
-        responses (`torch.LongTensor` of shape `(B, R)`): generated token ids.
-        eos_token_id (`int` or `list[int]`): end-of-turn token id(s).
-
-    Returns:
-        `(mask, has_eos)`: `mask` `(B, R)` bool, True on valid tokens; `has_eos` `(B,)` bool.
-    """
-    eos_ids = torch.tensor([eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id),
-                           device=responses.device)
-    is_eos = torch.isin(responses, eos_ids)
-    has_eos = is_eos.any(dim=1)
-    positions = torch.arange(responses.shape[1], device=responses.device).expand_as(responses)
-    # index of the first EOS, or R-1 (keep everything) when there is none
-    first_eos = torch.where(is_eos, positions, responses.shape[1]).min(dim=1).values.clamp(max=responses.shape[1] - 1)
-    mask = positions <= first_eos.unsqueeze(1)
-    return mask, has_eos
-
-
-def per_token_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: str = "k1") -> torch.Tensor:
-    """Per-token estimate of KL(pi || pi_ref) on tokens sampled from pi, shape `(B, R)`, in nats.
-
-    ``k1`` = log pi - log pi_ref (unbiased, can be negative); ``k3`` = (r - 1) - log r with r = pi_ref / pi
-    (unbiased, always >= 0, lower variance).
-
-    Source: J. Schulman, "Approximating KL Divergence", 2020, http://joschu.net/blog/kl-approx.html.
-    """
-    log_ratio = logprobs - ref_logprobs
-    if estimator == "k1":
-        return log_ratio
-    if estimator == "k3":
-        return torch.expm1(-log_ratio) + log_ratio
-    raise ValueError(f"Unknown KL estimator {estimator!r}; use 'k1' or 'k3'.")
-
-
-def compute_rewards(
-    scores: torch.Tensor,
-    logprobs: torch.Tensor,
-    ref_logprobs: torch.Tensor,
-    mask: torch.Tensor,
-    kl_coef: float,
-    kl_estimator: str = "k1",
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token RLHF rewards: a KL penalty on every response token and the score on the last valid one.
-
-    Args:
-        scores (`torch.Tensor` of shape `(B,)`): sequence-level scores (reward model output or verifiable reward).
-        logprobs, ref_logprobs (`torch.Tensor` of shape `(B, R)`): log-probs (nats) of the sampled tokens under
-            the policy at rollout time and under the reference model.
-        mask (`torch.Tensor` of shape `(B, R)`): 1 on valid response tokens (a prefix of each row, non-empty).
-        kl_coef (`float`): beta.
-        kl_estimator (`str`): see `per_token_kl`.
-
-    Returns:
-        `(rewards, kl)`, both `(B, R)`: ``rewards[b, t] = -beta * kl[b, t] + [t == last_b] * scores[b]``, zero
-        on masked positions; ``kl`` the per-token KL estimate (zero on masked positions).
-
-    Source: Ziegler et al. 2019, https://arxiv.org/abs/1909.08593, Eq. 2; Ouyang et al. 2022 (InstructGPT),
-    https://arxiv.org/abs/2203.02155, Eq. 2 (per-token form of the KL-penalised objective).
-    """
-    mask = mask.to(logprobs.dtype)
-    kl = per_token_kl(logprobs, ref_logprobs, kl_estimator) * mask
-    rewards = -kl_coef * kl
-    last = (mask.sum(dim=1).long() - 1).clamp(min=0)
-    rewards[torch.arange(rewards.shape[0], device=rewards.device), last] += scores.to(rewards.dtype)
-    return rewards * mask, kl
-
-
-def compute_gae(
-    rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Generalised advantage estimation over the response tokens.
-
-    ``delta_t = r_t + gamma * V_{t+1} - V_t`` and ``A_t = delta_t + gamma * lam * A_{t+1}``, where ``V`` is zero
-    after the last valid token (the episode ends at EOS or at the length limit).
-
-    Args:
-        rewards (`torch.Tensor` of shape `(B, R)`): per-token rewards (see `compute_rewards`).
-        values (`torch.Tensor` of shape `(B, R)`): value of the state before each response token.
-        mask (`torch.Tensor` of shape `(B, R)`): 1 on valid tokens (a prefix of each row).
-        gamma (`float`): discount; lam (`float`): GAE lambda.
-
-    Returns:
-        `(advantages, returns)`, both `(B, R)`, zero on masked positions; ``returns = advantages + values``.
-
-    Source: Schulman et al. 2016, "High-Dimensional Continuous Control Using Generalized Advantage
-    Estimation", https://arxiv.org/abs/1506.02438, Eq. 16.
-    """
-    mask = mask.to(values.dtype)
-    values = values * mask
-    rewards = rewards * mask
-    length = rewards.shape[1]
-    advantages_reversed = []
-    last_gae = torch.zeros_like(rewards[:, 0])
-    for t in reversed(range(length)):
-        next_value = values[:, t + 1] if t + 1 < length else torch.zeros_like(values[:, 0])
-        delta = rewards[:, t] + gamma * next_value - values[:, t]
-        last_gae = (delta + gamma * lam * last_gae) * mask[:, t]
-        advantages_reversed.append(last_gae)
-    advantages = torch.stack(advantages_reversed[::-1], dim=1)
-    returns = (advantages + values) * mask
-    return advantages, returns
-
-
-def reinforce_pp_advantages(rewards: torch.Tensor, mask: torch.Tensor, reduce_sum=None) -> torch.Tensor:
-    """REINFORCE++ advantages: the undiscounted reward-to-go, normalised over the (global) batch.
-
-    ``A_t = sum_{i >= t} r_i`` over the valid tokens of each response; with `compute_rewards`' per-token reward
-    this is ``score - beta * sum_{i >= t} KL_i``. Then ``(A - mean) / std`` over every valid token of the batch
-    (of all processes with ``reduce_sum``).
-
-    Args:
-        rewards (`torch.Tensor` of shape `(B, R)`): per-token rewards (KL penalty + score on the last token).
-        mask (`torch.Tensor` of shape `(B, R)`): 1 on response tokens, 0 after the end.
-        reduce_sum (*optional*): cross-process sum, see `masked_whiten`.
-
-    Returns:
-        `torch.Tensor` of shape `(B, R)`, zero on masked positions.
-
-    Source: REINFORCE++, Hu et al. 2025, https://huggingface.co/papers/2501.03262, Sec. 3 (token-level KL
-    penalty in the reward; advantage normalisation over the global batch).
-    """
-    returns_to_go, _ = compute_gae(rewards, torch.zeros_like(rewards), mask, gamma=1.0, lam=1.0)
-    return masked_whiten(returns_to_go, mask, reduce_sum=reduce_sum)
-
-
-def ppo_policy_loss(
-    logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, cliprange: float
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Clipped surrogate policy loss, averaged over valid tokens.
-
-    ``L = mean_t max(-A_t * rho_t, -A_t * clip(rho_t, 1 - eps, 1 + eps))`` with ``rho_t = exp(logp_t - old_logp_t)``.
-
-    Args:
-        logprobs (`torch.Tensor` of shape `(B, R)`): current policy log-probs of the rollout tokens (with grad).
-        old_logprobs (`torch.Tensor` of shape `(B, R)`): log-probs at rollout time.
-        advantages (`torch.Tensor` of shape `(B, R)`): (whitened) advantages.
-        mask (`torch.Tensor` of shape `(B, R)`): 1 on valid tokens.
-        cliprange (`float`): epsilon.
-
-    Returns:
-        `(loss, stats)`: scalar loss; stats ``clipfrac`` (share of tokens where the clipped term is active),
-        ``approxkl`` (``0.5 * mean (logp - old_logp)^2``), ``ratio`` (mean rho), all scalars.
-
-    Source: Schulman et al. 2017, "Proximal Policy Optimization Algorithms", https://arxiv.org/abs/1707.06347,
-    Eq. 7 (negated, to minimise).
-    """
-    log_ratio = logprobs - old_logprobs
-    ratio = torch.exp(log_ratio)
-    losses_unclipped = -advantages * ratio
-    losses_clipped = -advantages * torch.clamp(ratio, 1.0 - cliprange, 1.0 + cliprange)
-    loss = masked_mean(torch.maximum(losses_unclipped, losses_clipped), mask)
-    with torch.no_grad():
-        stats = {
-            "clipfrac": masked_mean((losses_clipped > losses_unclipped).float(), mask),
-            "approxkl": 0.5 * masked_mean(log_ratio**2, mask),
-            "ratio": masked_mean(ratio, mask),
-        }
-    return loss, stats
-
-
-def ppo_value_loss(
-    values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor, cliprange_value: float
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Clipped value loss, averaged over valid tokens.
-
-    ``L = 0.5 * mean_t max((V_t - G_t)^2, (clip(V_t, V_old - eps_v, V_old + eps_v) - G_t)^2)``.
-
-    Args:
-        values (`torch.Tensor` of shape `(B, R)`): current value predictions (with grad).
-        old_values (`torch.Tensor` of shape `(B, R)`): predictions at rollout time.
-        returns (`torch.Tensor` of shape `(B, R)`): GAE returns.
-        mask (`torch.Tensor` of shape `(B, R)`): 1 on valid tokens.
-        cliprange_value (`float`): eps_v.
-
-    Returns:
-        `(loss, stats)`: scalar loss; stats ``clipfrac`` and ``error`` (mean squared error of the unclipped
-        prediction), scalars.
-
-    Source: the clipped value objective of OpenAI baselines' PPO2 (Dhariwal et al. 2017), as used for RLHF by
-    Ziegler et al. 2019 and analysed in Huang et al. 2024, https://huggingface.co/papers/2403.17031.
-    """
-    values_clipped = old_values + torch.clamp(values - old_values, -cliprange_value, cliprange_value)
-    losses_unclipped = (values - returns) ** 2
-    losses_clipped = (values_clipped - returns) ** 2
-    loss = 0.5 * masked_mean(torch.maximum(losses_unclipped, losses_clipped), mask)
-    with torch.no_grad():
-        stats = {
-            "clipfrac": masked_mean((losses_clipped > losses_unclipped).float(), mask),
-            "error": masked_mean(losses_unclipped, mask),
-        }
-    return loss, stats
-
-
-class AdaptiveKLController:
-    """Proportional controller of beta towards a target KL.
-
-    ``e = clip(KL / target - 1, -0.2, 0.2)``; ``beta <- beta * (1 + e * n / horizon)`` after ``n`` episodes.
-
-    Source: Ziegler et al. 2019, https://arxiv.org/abs/1909.08593, Sec. 2.2.
-    """
-
-    def __init__(self, init_kl_coef: float, target: float, horizon: int):
-        self.value = init_kl_coef
-        self.target = target
-        self.horizon = horizon
-
-    def update(self, current_kl: float, n_steps: int) -> None:
-        error = min(max(current_kl / self.target - 1.0, -0.2), 0.2)
-        self.value *= 1.0 + error * n_steps / self.horizon
-
-
-class FixedKLController:
-    """A constant beta (the controller interface of `AdaptiveKLController`)."""
-
-    def __init__(self, kl_coef: float):
-        self.value = kl_coef
-
-    def update(self, current_kl: float, n_steps: int) -> None:
-        pass
 
 
 # ----------------------------------------------------------------------------------------------------------------

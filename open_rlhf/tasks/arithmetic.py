@@ -32,7 +32,10 @@ from typing import NamedTuple
 
 from datasets import Dataset
 
-ANSWER_INSTRUCTION = "Give the final answer after ####."
+from open_rlhf.tasks.gsm8k import ANSWER_INSTRUCTION, user_prompt
+
+__all__ = ["ANSWER_INSTRUCTION", "ArithmeticProblem", "eval_problems", "generate_problem", "generate_problems",
+           "preference_dataset", "prompt_dataset", "sft_dataset", "user_prompt"]
 # Seeds of the training streams, one per stage; `eval_problems` excludes all of them.
 BUILTIN_SPLIT_SEEDS = {"sft": 0, "preference": 1, "prompt": 2}
 # `split="eval"` draws from seed EVAL_SEED_OFFSET + seed, far from any seed a training stream uses.
@@ -102,14 +105,6 @@ class _Who:
     @property
     def He(self) -> str:  # noqa: N802 -- reads like the sentence it builds
         return self.he.capitalize()
-
-
-def user_prompt(question: str) -> str:
-    """The user message for a question: the question, then the instruction to answer after ``####``.
-
-    `open_rlhf.data` uses it for GSM8K too, so every math prompt asks for the format the reward checks.
-    """
-    return f"{question.strip()}\n{ANSWER_INSTRUCTION}"
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -1,0 +1,99 @@
+"""Atomic writes: a file, a CSV that grows by rows, and a model folder appear complete or not at all.
+
+Used by every layer that writes results (stages, merging, reports, benchmarks); it imports nothing from the
+project.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` to ``path`` via a temp file in the same folder and `os.replace` (no torn files)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def append_csv(rows: list[dict], path: str | Path, context: dict | None = None) -> Path:
+    """Append ``rows`` (plus ``context`` columns such as machine and versions) to a CSV, rewriting it atomically
+    so an interrupted run never leaves a torn file; earlier rows are kept (new columns are added)."""
+    path = Path(path)
+    rows = [{**(context or {}), **r} for r in rows]
+    old = list(csv.DictReader(path.open())) if path.is_file() else []
+    fields = list(dict.fromkeys([k for r in old + rows for k in r]))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows(old + rows)
+    atomic_write_text(path, buffer.getvalue())
+    return path
+
+
+def publish_entries(source: Path, target: Path) -> None:
+    """Rename every entry of the folder ``source`` into the existing folder ``target`` (same file system).
+
+    A same-named folder in ``target`` (the leftover of an earlier interrupted publish of this same content) is
+    replaced; other entries of ``target`` are not touched.
+    """
+    for entry in Path(source).iterdir():
+        destination = Path(target) / entry.name
+        if destination.is_dir() and not destination.is_symlink():
+            shutil.rmtree(destination)
+        os.replace(entry, destination)
+
+
+@contextlib.contextmanager
+def atomic_output_dir(output_dir: str | Path, exist_ok: bool = False) -> Iterator[Path]:
+    """Yield a fresh temporary folder; publish its content as ``output_dir`` when the block succeeds.
+
+    On any exception the temporary folder is deleted and what ``output_dir`` held is left as it was.
+
+    - ``exist_ok=False`` (a new folder, e.g. a merged model): the temporary folder lies next to ``output_dir``
+      and is renamed to it in one step, so ``output_dir`` appears complete or not at all.
+    - ``exist_ok=True`` (a stage's final model, into the folder that holds its checkpoints): the temporary
+      folder lies inside ``output_dir`` and each of its entries is renamed into place (a same-named entry from
+      an earlier interrupted publish of this same content is replaced); other entries (checkpoints) are not
+      touched. Write a completion marker after the block to tell a complete folder from an interrupted one.
+
+    Args:
+        output_dir (`str` or `Path`): the final folder.
+        exist_ok (`bool`): whether ``output_dir`` may exist already (see above).
+
+    Raises:
+        FileExistsError: with ``exist_ok=False``, when ``output_dir`` exists (before, or in a race, after the
+            block): a folder is never overwritten.
+    """
+    target = Path(output_dir)
+    if not exist_ok and target.exists():
+        raise FileExistsError(f"{target} already exists; refusing to overwrite it. Pass a new output folder or "
+                              "move the old one away yourself.")
+    parent = target if exist_ok else target.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=parent))
+    try:
+        yield tmp
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private; the result is an ordinary shared folder
+        if exist_ok:
+            publish_entries(tmp, target)
+        else:
+            if target.exists():
+                raise FileExistsError(f"{target} appeared while it was being written; refusing to overwrite it.")
+            os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

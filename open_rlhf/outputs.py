@@ -1,0 +1,101 @@
+"""A stage's output folder: never overwritten, resumed from its last checkpoint, its final model published
+atomically behind a completion marker.
+
+Rules: an output_dir is never deleted; a stage resumes from its last ``checkpoint-N``; a folder that holds a
+finished stage (`COMPLETE_MARKER`) refuses to be trained into again; the final model is moved into place only
+once it is completely written (`open_rlhf.atomic.atomic_output_dir`), and the marker is written last.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from open_rlhf.atomic import atomic_output_dir, atomic_write_text, publish_entries
+from open_rlhf.errors import OutputDirError
+from open_rlhf.memory import peak_memory
+
+COMPLETE_MARKER = "training_complete.json"
+FINAL_TMP = ".final.tmp"  # where a distributed run writes its final model before it is published
+
+
+def is_complete(output_dir: str | Path) -> bool:
+    """True when ``output_dir`` holds a finished stage (its completion marker exists)."""
+    return (Path(output_dir) / COMPLETE_MARKER).is_file()
+
+
+def prepare_output_dir(output_dir: str | Path) -> str | None:
+    """Check ``output_dir`` before training and return the checkpoint to resume from, if any.
+
+    Returns:
+        `str | None`: the last ``checkpoint-N`` folder (via `transformers.trainer_utils.get_last_checkpoint`).
+
+    Raises:
+        OutputDirError: when ``output_dir`` already holds a finished stage; nothing is overwritten. Pick another
+            ``--output_dir`` (or move the old one away).
+    """
+    from transformers.trainer_utils import get_last_checkpoint
+
+    output_dir = Path(output_dir)
+    if is_complete(output_dir):
+        raise OutputDirError(
+            f"{output_dir} already holds a finished run ({COMPLETE_MARKER} exists); refusing to overwrite it. "
+            "Fix: use another --output_dir, or move the old one away."
+        )
+    if not output_dir.is_dir():
+        return None
+    return get_last_checkpoint(str(output_dir))
+
+
+def save_final(output_dir: str | Path, save_fn: Callable[[Path], None], info: dict) -> None:
+    """Save the final model atomically, then mark the stage complete.
+
+    ``save_fn(tmp_dir)`` writes the model (``save_pretrained``) into a temporary folder inside ``output_dir``;
+    its entries are then renamed into ``output_dir`` and the completion marker (with ``info`` and the stage
+    process's own peak memory, `open_rlhf.memory.peak_memory`; with several processes, the main one's) is
+    written last, so a crash leaves either no final model or a complete one, and checkpoints are never touched.
+    Call it on every process of a distributed run.
+    """
+    from accelerate import PartialState
+
+    state = PartialState()
+    output_dir = Path(output_dir)
+    if state.num_processes == 1:
+        with atomic_output_dir(output_dir, exist_ok=True) as tmp:
+            save_fn(tmp)
+    else:
+        # Every process calls save_fn into one shared folder (sharded FSDP/DeepSpeed saves need all of them;
+        # the trainers write on the main process only), then the main process publishes it.
+        tmp = output_dir / FINAL_TMP
+        if state.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)  # only our own leftover of an interrupted final save
+            tmp.mkdir(parents=True)
+        state.wait_for_everyone()
+        save_fn(tmp)
+        state.wait_for_everyone()
+        if state.is_main_process:
+            publish_entries(tmp, output_dir)
+            tmp.rmdir()
+    if state.is_main_process:
+        atomic_write_text(output_dir / COMPLETE_MARKER,
+                          json.dumps({"finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"), **peak_memory(), **info},
+                                     indent=1, default=str))
+    state.wait_for_everyone()
+
+
+def read_log_history(output_dir: str | Path) -> list[dict]:
+    """The ``log_history`` of a finished stage's ``trainer_state.json`` (TRL stages and our PPO), or []."""
+    path = Path(output_dir) / "trainer_state.json"
+    if not path.is_file():
+        return []
+    return json.loads(path.read_text()).get("log_history", [])
+
+
+def save_trainer(trainer, folder: Path) -> None:
+    """Save a TRL/transformers trainer's model (``save_pretrained``; the adapter for PEFT), tokenizer and state."""
+    trainer.save_model(str(folder))
+    if trainer.is_world_process_zero():
+        trainer.state.save_to_json(str(Path(folder) / "trainer_state.json"))
