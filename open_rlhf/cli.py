@@ -20,7 +20,7 @@ import sys
 
 from open_rlhf.errors import DEBUG_ENV, EXIT_USER_ERROR, parse_config, user_errors
 
-# Commands besides the stages: (module, function) of their main, and a summary for --help
+# Commands besides the stages: a summary for --help, and the module and function of their main
 _COMMANDS = {
     "pipeline": ("SFT -> (reward model ->) <method>, evaluation and report (scripts/run_pipeline.py)",
                  "open_rlhf.pipeline", "pipeline_main"),
@@ -30,7 +30,17 @@ _COMMANDS = {
 
 
 def stage_main(name: str, argv: list[str] | None = None) -> None:
-    """Parse ``argv`` (default ``sys.argv[1:]``) with stage ``name``'s parser and run it (`open_rlhf.stages`)."""
+    """Parse ``argv`` with stage ``name``'s parser and run the stage (`open_rlhf.stages.run_stage`).
+
+    Args:
+        name (`str`): a key of `open_rlhf.stages.STAGES`.
+        argv (`list[str]`, *optional*): the stage's flags; default ``sys.argv[1:]``.
+
+    Raises:
+        SystemExit: with status 2 after printing ``error: <message>`` for a user error (`open_rlhf.errors.UserError`,
+            traceback too with ``OPEN_RLHF_DEBUG=1``), or argparse's for a bad flag; any other exception
+            propagates with its traceback.
+    """
     from open_rlhf import stages
 
     with user_errors():
@@ -52,7 +62,16 @@ def _usage() -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """The ``open-rlhf`` console script."""
+    """The ``open-rlhf`` console script: ``open-rlhf [--debug] <stage or command> [flags]``.
+
+    Args:
+        argv (`list[str]`, *optional*): the arguments; default ``sys.argv[1:]``. ``--debug`` first sets
+            ``OPEN_RLHF_DEBUG=1``.
+
+    Raises:
+        SystemExit: 0 after ``--help``; 2 without a command, for an unknown one, or for a user error of the
+            stage or command (see `stage_main`).
+    """
     from open_rlhf.stages import STAGES
 
     argv = list(sys.argv[1:] if argv is None else argv)

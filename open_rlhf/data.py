@@ -7,7 +7,9 @@ line. Known raw formats are converted to TRL's standard formats (conversational)
 
 - hh-rlhf transcripts (``chosen``/``rejected`` strings ``"\\n\\nHuman: ...\\n\\nAssistant: ..."``) ->
   ``prompt`` (the shared turns, user/assistant alternating) / ``chosen`` / ``rejected`` (the final
-  Assistant turns); pairs with an empty final turn are skipped with a counted warning;
+  Assistant turns); pairs with an empty final turn are skipped with a counted warning, while a transcript
+  with no ``"\\n\\nAssistant:"`` turn or a pair with equal final turns is an error (not skipped: the shared
+  real file, hh-rlhf harmless-base test, has neither);
 - GSM8K (``question``/``answer`` ending in ``"#### N"``) -> ``prompt`` (the question plus
   `open_rlhf.tasks.gsm8k.ANSWER_INSTRUCTION`) / ``completion`` (the worked answer without the ``<<48/2=24>>``
   calculator annotations) / ``answer`` (the final number, normalised);
@@ -15,7 +17,10 @@ line. Known raw formats are converted to TRL's standard formats (conversational)
   unpaired preference) pass through, string prompts wrapped as conversations when ``conversational=True``
   (hh-rlhf and GSM8K are always converted to conversations).
 
-Only TRL's standard columns and ``answer`` (as a string) are kept.
+Only TRL's standard columns and ``answer`` (as a string) are kept. In every pair format (hh-rlhf, preference,
+implicit-prompt preference) a pair whose chosen equals its rejected is an error, and so is a chosen or rejected
+string that is an hh-rlhf transcript without an Assistant turn (which TRL's common-prefix prompt extraction would
+otherwise cut into a meaningless pair).
 
 The stage loaders (`load_sft_dataset`, `load_preference_dataset`, `load_prompt_dataset`, `load_splits`)
 are what the stages call. Every caller error is an `open_rlhf.errors.UserError`: a `DataFormatError` (a
@@ -61,11 +66,15 @@ PAIR_FORMATS = ("hh_rlhf", "preference", "implicit_preference")  # the formats t
 BUILTIN_SOURCES = ("builtin", "builtin:arithmetic")
 BUILTIN_SIZES = {"sft": 2000, "preference": 2000, "prompt": 2000}
 EVAL_SPLITS = ("eval", "test", "validation")
+# Split names that mark a folder's files as laid out by split ("train.jsonl", "test-00000.parquet").
+SPLIT_NAMES = tuple(dict.fromkeys(("train", "test", "eval", "validation", "dev", *EVAL_SPLITS)))
 
 _HH_MARKER = re.compile(r"\n\n(Human|Assistant):")
 _HH_ROLES = {"Human": "user", "Assistant": "assistant"}
 _CALCULATOR_ANNOTATION = re.compile(r"<<[^<>]*>>")
 _MESSAGE_ROLES = ("system", "user", "assistant", "tool")
+# A file name starting with a split name not followed by a letter ("test.jsonl", "train-1.parquet", not "testimonials").
+_SPLIT_FILE = re.compile(rf"(?:{'|'.join(SPLIT_NAMES)})(?![a-z])", flags=re.IGNORECASE)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -201,7 +210,17 @@ def _folder_files(folder: Path, split: str) -> list[Path]:
                               f"{', '.join(SUPPORTED_SUFFIXES)} in it.")
     # A folder laid out by split (train.jsonl, test.jsonl, train-00001.parquet) gives only `split`'s files.
     for_split = [p for p in files if p.name.lower().startswith(split.lower())]
-    return for_split or files
+    if for_split:
+        return for_split
+    by_split = [p.name for p in files if _SPLIT_FILE.match(p.name)]
+    if by_split:
+        def listing(names: list[str]) -> str:
+            return ", ".join(names[:10]) + (f", ... ({len(names)} in all)" if len(names) > 10 else "")
+
+        raise DataFormatError(f"folder {folder} holds files named by split ({listing(by_split)}) but none for split "
+                              f"{split!r} (data files found: {listing([p.name for p in files])}). Fix: pass the file "
+                              f"path directly, or name a file '{split}.jsonl' (a name starting with {split!r}).")
+    return files
 
 
 def _kind(value: Any) -> str | None:
@@ -279,7 +298,8 @@ def load_records(source: str, split: str = "train") -> Dataset:
         source (`str`): a ``.jsonl``, ``.json`` (a list of objects, or an object with that list under
             ``split`` or ``"data"``), ``.jsonl.gz``, ``.json.gz`` or ``.parquet`` file; a folder (its
             supported files, sorted by name and concatenated; if some names start with ``split``, only
-            those); otherwise a Hugging Face Hub id loaded with `datasets.load_dataset`.
+            those; if none does but some start with another split name of `SPLIT_NAMES`, an error);
+            otherwise a Hugging Face Hub id loaded with `datasets.load_dataset`.
         split (`str`): the split of a Hub dataset (and the file-name filter for folders).
 
     Returns:
@@ -290,7 +310,7 @@ def load_records(source: str, split: str = "train") -> Dataset:
             ``/``, ``.`` or ``~``) and does not exist.
         DataFormatError: for an empty file, bad JSON (with its line), a record that is not an object, a
             truncated or corrupt gzip or parquet file, records whose fields or field types differ from the
-            first record's, an empty folder.
+            first record's, an empty folder, a folder whose files are named by split but not by ``split``.
     """
     if _is_builtin(source):
         raise ValueError(f"{source!r} is the built-in task; load it with load_sft_dataset, "
@@ -390,6 +410,22 @@ def _as_messages(value: str | list[dict[str, str]], role: str, conversational: b
     return value
 
 
+def _check_hh_has_assistant(value: Any, column: str, where: str) -> None:
+    """An hh-rlhf transcript (a string with a ``"\\n\\nHuman:"`` turn) must have an Assistant turn."""
+    if isinstance(value, str) and "\n\nHuman:" in value and "\n\nAssistant:" not in value:
+        raise DataFormatError(f"{where}: field '{column}' is an hh-rlhf transcript with no '\\n\\nAssistant:' "
+                              f"turn. Fix: an hh-rlhf transcript needs a final Assistant turn "
+                              f"('\\n\\nHuman: ...\\n\\nAssistant: ...', the response after it); complete "
+                              f"the transcript or drop the record.")
+
+
+def _check_pair_differs(chosen: Any, rejected: Any, where: str, what: str = "") -> None:
+    if chosen == rejected:
+        raise DataFormatError(f"{where}: fields 'chosen' and 'rejected' are the same{what}, so the pair prefers "
+                              f"nothing. Fix: chosen and rejected must differ; drop this record or give the "
+                              f"rejected response.")
+
+
 def _split_hh(chosen: str, rejected: str, where: str):
     """(prompt messages, final chosen turn, final rejected turn) of two hh-rlhf transcripts, or None.
 
@@ -432,6 +468,8 @@ def _convert_hh(records: _Records) -> list[dict[str, Any]]:
         where = records.where(index)
         chosen = _check_text(row["chosen"], "chosen", where)
         rejected = _check_text(row["rejected"], "rejected", where)
+        _check_hh_has_assistant(chosen, "chosen", where)
+        _check_hh_has_assistant(rejected, "rejected", where)
         split = _split_hh(chosen, rejected, where)
         if split is None:
             malformed += 1
@@ -440,6 +478,7 @@ def _convert_hh(records: _Records) -> list[dict[str, Any]]:
         if not chosen_final or not rejected_final:
             empty += 1
             continue
+        _check_pair_differs(chosen_final, rejected_final, where, " (the same final Assistant turn)")
         rows.append({"prompt": prompt, "chosen": [{"role": "assistant", "content": chosen_final}],
                      "rejected": [{"role": "assistant", "content": rejected_final}]})
     if empty:
@@ -483,6 +522,9 @@ def _convert_implicit(records: _Records, conversational: bool) -> list[dict[str,
         if isinstance(chosen, str) != isinstance(rejected, str):
             raise DataFormatError(f"{where}: 'chosen' and 'rejected' must both be strings or both be lists of "
                                   f"messages. Fix: give them the same type.")
+        _check_hh_has_assistant(chosen, "chosen", where)
+        _check_hh_has_assistant(rejected, "rejected", where)
+        _check_pair_differs(chosen, rejected, where)
         extracted = maybe_extract_prompt({"chosen": chosen, "rejected": rejected})
         if not extracted["prompt"]:
             raise DataFormatError(f"{where}: fields 'chosen' and 'rejected' share no prompt prefix. Fix: add a "
@@ -520,6 +562,8 @@ def _convert_standard(records: _Records, fmt: str, conversational: bool) -> list
         # column is conversational, or when asked to.
         wrap = conversational or any(not isinstance(v, str) for v in values.values())
         out = {column: _as_messages(value, roles[column], wrap) for column, value in values.items()}
+        if fmt == "preference":
+            _check_pair_differs(out["chosen"], out["rejected"], where)
         if fmt == "unpaired_preference":
             if not isinstance(row["label"], bool):
                 raise DataFormatError(f"{where}: field 'label' must be true or false, got "
@@ -628,8 +672,9 @@ def load_preference_dataset(source: str, split: str = "train", builtin_size: int
         `datasets.Dataset` in TRL's (explicit-prompt) preference format.
 
     Raises:
-        DataFormatError: for unreadable data, or data that is not pairs (hh-rlhf, preference, implicit
-            preference).
+        DataFormatError: for unreadable data, data that is not pairs (hh-rlhf, preference, implicit
+            preference), a pair whose chosen equals its rejected, or a chosen/rejected hh-rlhf transcript with
+            no Assistant turn.
         DataNotFoundError: for a missing local file (a `FileNotFoundError`).
     """
     if _is_builtin(source):
@@ -669,19 +714,27 @@ def load_unpaired_dataset(source: str, split: str = "train", builtin_size: int =
         `datasets.Dataset` in TRL's unpaired-preference format.
 
     Raises:
-        DataFormatError: for unreadable data, or data that is neither unpaired nor paired preferences.
+        DataFormatError: for unreadable data, data that is neither unpaired nor paired preferences, or a bad
+            pair (see `load_preference_dataset`).
         DataNotFoundError: for a missing local file (a `FileNotFoundError`).
     """
     if _is_builtin(source):
         return _truncate(unpair(arithmetic.preference_dataset(builtin_size, split=_builtin_split(split))),
                          max_samples, seed)
+    dataset, paired = _load_unpaired_source(source, split, conversational)
+    return _truncate(unpair(dataset) if paired else dataset, max_samples, seed)
+
+
+def _load_unpaired_source(source: str, split: str, conversational: bool) -> tuple[Dataset, bool]:
+    """``(dataset, paired)``: native unpaired examples (``paired=False``), or the preference pairs of a pair
+    source, not yet unpaired (``paired=True``; the same dataset `load_preference_dataset` gives)."""
     fmt, rows, name = _load(source, split, conversational)
     if fmt == "unpaired_preference":
-        return _truncate(_to_dataset(rows, name), max_samples, seed)
+        return _to_dataset(rows, name), False
     if fmt not in PAIR_FORMATS:
         raise DataFormatError(f"{name} is in the {fmt} format ({FORMATS[fmt]}), not (un)paired preferences. Fix: "
                               f"use columns {FORMATS['unpaired_preference']} or {FORMATS['preference']}.")
-    return _truncate(unpair(_to_dataset(rows, name)), max_samples, seed)
+    return _to_dataset(rows, name), True
 
 
 def _prompt_of_messages(messages: list[dict[str, str]]) -> list[dict[str, str]]:
@@ -767,18 +820,23 @@ def load_splits(source: str, kind: str, eval_size: int | float, seed: int = 42, 
 
     For ``"builtin"`` the eval set is drawn from the eval stream (`open_rlhf.tasks.arithmetic.eval_problems`),
     whose questions occur in no built-in training stream of ``builtin_size`` problems. For other sources the
-    whole source is split with `train_eval_split`. Either way ``max_samples`` then caps the training set
-    only, so the eval set depends on ``(source, eval_size, seed)`` alone and a run with ``max_samples`` is
-    evaluated on the same examples as a run without (never on examples it trained on).
+    whole source is split with `train_eval_split`; for ``kind="unpaired"`` from preference pairs it is the
+    pairs that are split (then each half is unpaired with `unpair`), so the two examples of a pair are never
+    on different sides and the eval pairs are exactly those of ``kind="preference"`` with the same
+    ``eval_size`` and ``seed`` (KTO and DPO are evaluated on the same pairs). Either way ``max_samples`` then
+    caps the training set only, so the eval set depends on ``(source, eval_size, seed)`` alone and a run with
+    ``max_samples`` is evaluated on the same examples as a run without (never on examples it trained on).
 
     Args:
         source (`str`): a file, folder or Hub id (see `load_records`), or ``"builtin"``.
         kind (`str`): ``"sft"``, ``"preference"``, ``"unpaired"`` (KTO) or ``"prompt"``: which stage loader to use.
-            For ``"unpaired"`` from pairs, ``eval_size`` counts pairs of the source (twice as many examples).
+            For ``"unpaired"`` from pairs, ``eval_size`` counts pairs of the source (twice as many examples);
+            from native unpaired data it counts examples.
         eval_size (`int` or `float`): eval examples, a count (>= 1) or a fraction (< 1; of ``builtin_size``
             for the built-in task); 0 gives no eval set (None), which trainers take as "no evaluation".
         seed (`int`): seed of the split and of the ``max_samples`` shuffle.
-        max_samples (`int`, *optional*): cap on the training set (first N after a shuffle with ``seed``).
+        max_samples (`int`, *optional*): cap on the training set (first N after a shuffle with ``seed``); for
+            ``"unpaired"`` it counts unpaired examples (as `load_unpaired_dataset` does), not pairs.
         split (`str`): the Hub split to load (ignored for ``"builtin"``).
         builtin_size (`int`, *optional*): built-in training size; defaults to `BUILTIN_SIZES` of ``kind``.
         conversational (`bool`): wrap string prompts/completions as conversations.
@@ -787,7 +845,9 @@ def load_splits(source: str, kind: str, eval_size: int | float, seed: int = 42, 
         `tuple[datasets.Dataset, datasets.Dataset | None]`: ``(train, eval)``; eval is None for ``eval_size=0``.
 
     Raises:
-        ValueError: for an unknown ``kind`` or a bad ``eval_size``.
+        ValueError: for an unknown ``kind``.
+        ConfigError: for a bad ``eval_size`` (negative, not a whole count, or leaving no training data) or
+            ``max_samples`` (a `ValueError` too).
         DataFormatError: for unreadable data (see the stage loaders).
         DataNotFoundError: for a missing local file (a `FileNotFoundError`).
     """
@@ -798,8 +858,14 @@ def load_splits(source: str, kind: str, eval_size: int | float, seed: int = 42, 
         raise ValueError(f"kind must be one of {sorted(loaders)}, got {kind!r}")
     amount = _eval_amount(eval_size)
     if not _is_builtin(source):
-        dataset = loaders[kind](source, split=split, conversational=conversational)
+        if kind == "unpaired":
+            dataset, paired = _load_unpaired_source(source, split, conversational)
+        else:
+            dataset, paired = loaders[kind](source, split=split, conversational=conversational), False
         train, evaluation = train_eval_split(dataset, amount, seed)
+        if paired:  # split the pairs, then unpair each side: no pair has one half in train, one in eval
+            train = unpair(train)
+            evaluation = unpair(evaluation) if len(evaluation) else evaluation
         return _truncate(train, max_samples, seed), evaluation if len(evaluation) else None
     size = BUILTIN_SIZES["preference" if kind == "unpaired" else kind] if builtin_size is None else builtin_size
     n_eval = amount if isinstance(amount, int) else round(amount * size)

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 import torch
 from tqdm.auto import tqdm
 
+from open_rlhf.models import stop_token_ids
 from open_rlhf.rewards import RewardModelScorer, completion_text
 from open_rlhf.rl_math import response_mask_after_eos
 from open_rlhf.tasks import gsm8k
@@ -40,10 +41,12 @@ def generate(
         do_sample (`bool`): greedy when False; ancestral sampling at ``temperature`` (top-k/top-p off) when True.
 
     Returns:
-        `(texts, prompt_ids, response_ids)`: `N` decoded responses (up to the first EOS, special tokens removed),
-        and per example the prompt token ids `(P_i,)` and response token ids `(R_i,)` including the EOS if any.
+        `(texts, prompt_ids, response_ids)`: `N` decoded responses (up to the first stop id: the tokenizer's EOS or
+        any EOS of the model's generation config; special tokens removed), and per example the prompt token ids
+        `(P_i,)` and response token ids `(R_i,)` including the stop id if any.
     """
     model.eval()
+    stop_ids = stop_token_ids(tokenizer, model.generation_config)
     texts, prompt_ids, response_ids = [], [], []
     for i in tqdm(range(0, len(prompts), batch_size), desc=desc, leave=False):
         chunk = [tokenizer.apply_chat_template(list(p), tokenize=False, add_generation_prompt=True)
@@ -52,10 +55,10 @@ def generate(
         enc = enc.to(model.device)
         kwargs = dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0) if do_sample else dict(
             do_sample=False)
-        out = model.generate(**enc, max_new_tokens=max_new_tokens, eos_token_id=tokenizer.eos_token_id,
+        out = model.generate(**enc, max_new_tokens=max_new_tokens, eos_token_id=stop_ids,
                              pad_token_id=tokenizer.pad_token_id, **kwargs)
         responses = out[:, enc["input_ids"].shape[1]:]
-        mask, _ = response_mask_after_eos(responses, tokenizer.eos_token_id)
+        mask, _ = response_mask_after_eos(responses, stop_ids)
         for row in range(responses.shape[0]):
             ids = responses[row][mask[row]]
             response_ids.append(ids.cpu())
@@ -105,10 +108,11 @@ def evaluate_policy(model, tokenizer, prompts: Sequence, answers: Sequence[str] 
         ``eos_rate`` (share of responses that ended with EOS), and ``responses`` (the texts).
     """
     texts, _, response_ids = generate(model, tokenizer, prompts, max_new_tokens, batch_size, desc="evaluate")
+    stop_ids = stop_token_ids(tokenizer, model.generation_config)
     result = {
         "responses": texts,
         "response_length": float(sum(len(r) for r in response_ids) / max(1, len(response_ids))),
-        "eos_rate": float(sum(bool(len(r)) and r[-1].item() == tokenizer.eos_token_id for r in response_ids)
+        "eos_rate": float(sum(bool(len(r)) and r[-1].item() in stop_ids for r in response_ids)
                           / max(1, len(response_ids))),
         "accuracy": None,
         "reward_score": None,

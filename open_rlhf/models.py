@@ -214,6 +214,18 @@ def load_tokenizer(model_name_or_path: str, padding_side: str = "left"):
     return tokenizer
 
 
+def stop_token_ids(tokenizer, generation_config=None) -> list[int]:
+    """The ids that end a response: the tokenizer's EOS, then every other id of the model's generation config
+    (``eos_token_id`` may be a list: Llama 3 has three), in order. Pass them to ``generate`` rather than writing one
+    id into the model's generation config, which is saved with the model."""
+    ids = [tokenizer.eos_token_id]
+    configured = getattr(generation_config, "eos_token_id", None)
+    for i in [configured] if isinstance(configured, int) else list(configured or []):
+        if i is not None and i not in ids:
+            ids.append(int(i))
+    return ids
+
+
 def model_init_kwargs(model_args) -> dict:
     """`from_pretrained` kwargs from TRL's `ModelConfig`: dtype, attention, revision, 4/8-bit quantization.
 

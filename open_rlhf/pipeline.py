@@ -199,20 +199,27 @@ def _run_stage(name: str, command: list[str], out_dir: Path) -> float:
     """Run one stage script; relay its output live to the terminal and line by line to ``<run>/<name>.log``.
 
     The child runs unbuffered, and its bytes (progress-bar redraws included) reach the terminal as they come
-    (`open_rlhf.progress.relay_output`); the log gets each finished line, flushed, as it last looked on screen.
+    (`open_rlhf.progress.relay_output`); the log (UTF-8, appended to on a re-run) gets the command, then each
+    finished line, flushed, as it last looked on screen.
+
+    Args:
+        name (`str`): the stage's name (in messages and the log's file name).
+        command (`list[str]`): the stage's command line (from `stage_plan`), run in the repository root.
+        out_dir (`Path`): the stage's output folder; the log goes beside it.
 
     Returns:
         `float`: the stage's wall time in seconds.
 
     Raises:
-        StageFailedError: when the stage exits non-zero; the message has the stage's own error line and its log.
+        StageFailedError: when the stage exits non-zero; its one-line message has the stage's own ``error:``
+            line (or, after a crash, its last output line) and the log's path.
     """
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     log_path = out_dir.parent / f"{name}.log"
     print(f"\n=== stage {name}: {shlex.join(command)}", flush=True)
     start = time.perf_counter()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    with open(log_path, "a") as log:
+    with open(log_path, "a", encoding="utf-8") as log:
         log.write(f"$ {shlex.join(command)}\n")
         log.flush()
         proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=REPO_ROOT, env=env)
@@ -224,9 +231,14 @@ def _run_stage(name: str, command: list[str], out_dir: Path) -> float:
     if proc.returncode != 0:
         errors = [line for line in tail if line.startswith("error: ")]
         cause = errors[-1][len("error: "):] if errors else (tail[-1] if tail else "no output")
-        kind = "failed" if proc.returncode == EXIT_USER_ERROR else f"crashed (exit {proc.returncode})"
-        raise StageFailedError(f"stage {name!r} {kind}: {cause}\nIts full output is in {log_path}. Fix the cause "
-                               "and re-run: finished stages are skipped, this one resumes.", proc.returncode)
+        if proc.returncode == EXIT_USER_ERROR:
+            kind = "failed"
+        elif proc.returncode < 0:
+            kind = f"was killed (signal {-proc.returncode})"
+        else:
+            kind = f"crashed (exit {proc.returncode})"
+        raise StageFailedError(f"stage {name!r} {kind}: {cause} (full output: {log_path}; fix the cause and re-run: "
+                               "finished stages are skipped, this one resumes)", proc.returncode)
     return time.perf_counter() - start
 
 
@@ -301,7 +313,11 @@ def make_parser():
 
 
 def pipeline_main(argv: list[str] | None = None) -> None:
-    """``scripts/run_pipeline.py`` / ``open-rlhf pipeline``: parse ``argv`` and run; user errors exit 2."""
+    """``scripts/run_pipeline.py`` / ``open-rlhf pipeline``: parse ``argv`` (default ``sys.argv[1:]``) and run.
+
+    A user error (a bad flag value or ``--config``, or a stage that failed on one) prints ``error: <message>``
+    and exits with status 2; a stage that crashed exits with status 1 (`open_rlhf.errors.user_errors`).
+    """
     with user_errors():
         (args,) = parse_config(make_parser(), argv)
         run_pipeline(args)

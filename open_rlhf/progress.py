@@ -4,8 +4,8 @@ pipeline's relay of a stage's output (live, carriage returns included) into the 
 Why a relay of raw bytes: a progress bar (tqdm) redraws one line with ``\\r``; a relay that reads the child's
 output line by line holds every redraw back until the next ``\\n`` (minutes, during training). `relay_output`
 passes bytes on as they arrive, and writes the stage log as lines: each line as it last looked on the screen
-(the text after its final ``\\r``), flushed as soon as the line ends, so the log is complete and readable while
-the stage runs.
+(every ``\\r`` redraw applied over the line, escape sequences dropped), flushed as soon as the line ends, so the
+log is complete and readable while the stage runs.
 """
 
 from __future__ import annotations
@@ -19,13 +19,18 @@ from typing import BinaryIO, TextIO
 from transformers import ProgressCallback
 
 _LOSS_KEYS = ("loss", "train_loss")
-# Cursor movement and line clearing that tqdm and rich emit; dropped from the log, kept on the terminal.
-_ANSI = re.compile(rb"\x1b\[[0-9;?]*[A-Za-z]")
+# Text, or an escape: CSI sequences (cursor movement, line erasing, colours) that tqdm and rich emit, or a lone
+# ESC. Escapes are kept on the terminal and dropped from the log.
+_ANSI_OR_TEXT = re.compile(rb"(?P<escape>\x1b\[[0-9;?]*[A-Za-z]|\x1b)|(?P<text>[^\x1b]+)")
 
 
 class StageProgressCallback(ProgressCallback):
     """transformers' `ProgressCallback` with the stage name on the bar, the last loss (and reward, for RL) in
-    its postfix, and the right starting point when a run resumes (the bar shows step/total and the ETA)."""
+    its postfix, and the right starting point when a run resumes (the bar shows step/total and the ETA).
+
+    Args:
+        stage (`str`): the stage's name, the bar's description (``sft: 50%|...| 1/2 [..., loss=1.234]``).
+    """
 
     def __init__(self, stage: str):
         super().__init__()
@@ -54,10 +59,44 @@ def use_stage_progress(trainer, stage: str) -> None:
         trainer.add_callback(StageProgressCallback(stage))
 
 
-def _screen_line(raw: bytes) -> str:
-    """What one line (without its ``\\n``) looked like on a terminal: the text after its last ``\\r``."""
-    raw = _ANSI.sub(b"", raw)
-    return raw.rsplit(b"\r", 1)[-1].decode("utf-8", errors="replace").rstrip()
+class _ScreenLine:
+    """One terminal line as it is drawn: each ``\\r`` returns to its start and the text that follows overwrites
+    it; ANSI escapes are dropped, except erase-in-line (``ESC[K``, ``ESC[2K``), which erases as a terminal does.
+
+    Only the bytes after the last ``\\r`` are kept undecoded, so a bar redrawn for hours costs no more than one
+    redraw (a multi-byte character cannot contain ``\\r`` or ``\\n``, so every finished segment decodes whole).
+    """
+
+    def __init__(self):
+        self.text = ""
+        self.segment = b""  # bytes after the last \r
+
+    def feed(self, data: bytes) -> None:
+        """Add output that holds no ``\\n``."""
+        *done, self.segment = (self.segment + data).split(b"\r")
+        for segment in done:
+            self._draw(segment)
+
+    def finish(self) -> str:
+        """The line as it last looked (trailing blanks dropped); start a new one."""
+        self._draw(self.segment)
+        line = self.text.rstrip()
+        self.text, self.segment = "", b""
+        return line
+
+    def _draw(self, segment: bytes) -> None:
+        """Draw a segment from column 0 over the current text."""
+        column = 0
+        for match in _ANSI_OR_TEXT.finditer(segment):
+            text, escape = match.group("text"), match.group("escape")
+            if text:
+                piece = text.decode("utf-8", errors="replace")
+                self.text = self.text[:column] + piece + self.text[column + len(piece):]
+                column += len(piece)
+            elif escape in (b"\x1b[K", b"\x1b[0K"):
+                self.text = self.text[:column]
+            elif escape == b"\x1b[2K":
+                self.text = " " * column
 
 
 def relay_output(source: BinaryIO | int, terminal: BinaryIO | None, log: TextIO, chunk_size: int = 4096,
@@ -65,18 +104,21 @@ def relay_output(source: BinaryIO | int, terminal: BinaryIO | None, log: TextIO,
     """Copy a child's output to the terminal as it arrives and to ``log`` line by line, until end of file.
 
     Args:
-        source: the read end of the child's stdout pipe (a binary file or a file descriptor).
-        terminal: where the raw bytes go (``sys.stdout.buffer``); None to relay nothing.
-        log: a text file; every finished line is written as it last looked on the screen and flushed.
-        chunk_size (`int`): bytes per read; a read returns as soon as any output is there.
-
+        source (`BinaryIO` or `int`): the read end of the child's stdout pipe (a binary file or a file
+            descriptor); it is read with `os.read`, so a read returns as soon as any output is there.
+        terminal (`BinaryIO`, *optional*): where the raw bytes go, flushed after every read
+            (``sys.stdout.buffer``, `stdout_buffer`); None to relay nothing.
+        log (`TextIO`): gets every finished line as it last looked on the screen (`_ScreenLine`: the redraws
+            after each ``\\r`` applied, escape sequences dropped once erase-in-line is applied), flushed as soon as a line ends; the unfinished last
+            line too (unless blank), at end of file.
+        chunk_size (`int`): the most bytes one read takes.
         tail (`int`): how many of the last non-empty lines to return.
 
     Returns:
         `list[str]`: the last ``tail`` non-empty lines, as logged (for an error message when the child fails).
     """
     fd = source if isinstance(source, int) else source.fileno()
-    pending = b""
+    screen = _ScreenLine()
     last: collections.deque[str] = collections.deque(maxlen=tail)
     while True:
         chunk = os.read(fd, chunk_size)
@@ -85,20 +127,20 @@ def relay_output(source: BinaryIO | int, terminal: BinaryIO | None, log: TextIO,
         if terminal is not None:
             terminal.write(chunk)
             terminal.flush()
-        pending += chunk
-        *lines, pending = pending.split(b"\n")
-        for raw in lines:
-            line = _screen_line(raw)
+        *finished, rest = chunk.split(b"\n")
+        for part in finished:
+            screen.feed(part)
+            line = screen.finish()
             log.write(line + "\n")
             if line:
                 last.append(line)
-        if lines:
+        screen.feed(rest)
+        if finished:
             log.flush()
-    if pending:
-        line = _screen_line(pending)
+    line = screen.finish()  # what the child left on its unfinished last line, if anything
+    if line:
         log.write(line + "\n")
-        if line:
-            last.append(line)
+        last.append(line)
     log.flush()
     return list(last)
 

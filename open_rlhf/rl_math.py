@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import torch
 
+K3_CLAMP = 10.0  # bound of the k3 estimator per token, in nats (OpenRLHF's compute_approx_kl)
+
 
 def masked_mean(values: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
     """Mean of ``values`` over positions where ``mask`` is 1 (over ``dim``, or all positions)."""
@@ -70,16 +72,20 @@ def response_mask_after_eos(responses: torch.Tensor, eos_token_id: int | list[in
 def per_token_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: str = "k1") -> torch.Tensor:
     """Per-token estimate of KL(pi || pi_ref) on tokens sampled from pi, shape `(B, R)`, in nats.
 
-    ``k1`` = log pi - log pi_ref (unbiased, can be negative); ``k3`` = (r - 1) - log r with r = pi_ref / pi
-    (unbiased, always >= 0, lower variance).
+    ``k1`` = log pi - log pi_ref: unbiased, can be negative; its sum over a response is the unbiased estimate of
+    the sequence KL, which is why it is the default in the per-token reward (Ziegler et al. 2019; the quantity
+    PPO's KL penalty and the adaptive controller target). ``k3`` = (r - 1) - log r with r = pi_ref / pi:
+    unbiased, always >= 0, lower variance, but ``r - 1 = expm1(-log_ratio)`` explodes where pi << pi_ref (a
+    log-ratio of -60 gives ~1e26), so ``k3`` is clamped to [-10, 10] as OpenRLHF's ``compute_approx_kl`` does.
 
-    Source: J. Schulman, "Approximating KL Divergence", 2020, http://joschu.net/blog/kl-approx.html.
+    Source: J. Schulman, "Approximating KL Divergence", 2020, http://joschu.net/blog/kl-approx.html; the clamp:
+    OpenRLHF, ``openrlhf/models/utils.py::compute_approx_kl``.
     """
     log_ratio = logprobs - ref_logprobs
     if estimator == "k1":
         return log_ratio
     if estimator == "k3":
-        return torch.expm1(-log_ratio) + log_ratio
+        return (torch.expm1(-log_ratio) + log_ratio).clamp(min=-K3_CLAMP, max=K3_CLAMP)
     raise ValueError(f"Unknown KL estimator {estimator!r}; use 'k1' or 'k3'.")
 
 
@@ -152,16 +158,18 @@ def compute_gae(
     return advantages, returns
 
 
-def reinforce_pp_advantages(rewards: torch.Tensor, mask: torch.Tensor, reduce_sum=None) -> torch.Tensor:
-    """REINFORCE++ advantages: the undiscounted reward-to-go, normalised over the (global) batch.
+def reinforce_pp_advantages(rewards: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0,
+                            reduce_sum=None) -> torch.Tensor:
+    """REINFORCE++ advantages: the (discounted) reward-to-go, normalised over the (global) batch.
 
-    ``A_t = sum_{i >= t} r_i`` over the valid tokens of each response; with `compute_rewards`' per-token reward
-    this is ``score - beta * sum_{i >= t} KL_i``. Then ``(A - mean) / std`` over every valid token of the batch
-    (of all processes with ``reduce_sum``).
+    ``A_t = sum_{i >= t} gamma^(i - t) r_i`` over the valid tokens of each response; with `compute_rewards`'
+    per-token reward and ``gamma = 1`` (the paper's setting) this is ``score - beta * sum_{i >= t} KL_i``. Then
+    ``(A - mean) / std`` over every valid token of the batch (of all processes with ``reduce_sum``).
 
     Args:
         rewards (`torch.Tensor` of shape `(B, R)`): per-token rewards (KL penalty + score on the last token).
         mask (`torch.Tensor` of shape `(B, R)`): 1 on response tokens, 0 after the end.
+        gamma (`float`): discount factor (``--gamma``), 1.0 in the paper.
         reduce_sum (*optional*): cross-process sum, see `masked_whiten`.
 
     Returns:
@@ -170,12 +178,19 @@ def reinforce_pp_advantages(rewards: torch.Tensor, mask: torch.Tensor, reduce_su
     Source: REINFORCE++, Hu et al. 2025, https://huggingface.co/papers/2501.03262, Sec. 3 (token-level KL
     penalty in the reward; advantage normalisation over the global batch).
     """
-    returns_to_go, _ = compute_gae(rewards, torch.zeros_like(rewards), mask, gamma=1.0, lam=1.0)
+    returns_to_go, _ = compute_gae(rewards, torch.zeros_like(rewards), mask, gamma=gamma, lam=1.0)
     return masked_whiten(returns_to_go, mask, reduce_sum=reduce_sum)
 
 
+def _token_mean(values: torch.Tensor, mask: torch.Tensor, num_tokens: float | torch.Tensor | None) -> torch.Tensor:
+    if num_tokens is None:
+        return masked_mean(values, mask)
+    return (values * mask.to(values.dtype)).sum() / num_tokens
+
+
 def ppo_policy_loss(
-    logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, cliprange: float
+    logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, cliprange: float,
+    num_tokens: float | torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Clipped surrogate policy loss, averaged over valid tokens.
 
@@ -187,6 +202,9 @@ def ppo_policy_loss(
         advantages (`torch.Tensor` of shape `(B, R)`): (whitened) advantages.
         mask (`torch.Tensor` of shape `(B, R)`): 1 on valid tokens.
         cliprange (`float`): epsilon.
+        num_tokens (*optional*): the normaliser: the token count of the whole batch this micro-batch is part of
+            (the sum of the per-token losses is divided by it), so micro-batches of different lengths weigh by
+            their tokens. None: this batch's valid tokens (a plain masked mean).
 
     Returns:
         `(loss, stats)`: scalar loss; stats ``clipfrac`` (share of tokens where the clipped term is active),
@@ -199,7 +217,7 @@ def ppo_policy_loss(
     ratio = torch.exp(log_ratio)
     losses_unclipped = -advantages * ratio
     losses_clipped = -advantages * torch.clamp(ratio, 1.0 - cliprange, 1.0 + cliprange)
-    loss = masked_mean(torch.maximum(losses_unclipped, losses_clipped), mask)
+    loss = _token_mean(torch.maximum(losses_unclipped, losses_clipped), mask, num_tokens)
     with torch.no_grad():
         stats = {
             "clipfrac": masked_mean((losses_clipped > losses_unclipped).float(), mask),
@@ -210,7 +228,8 @@ def ppo_policy_loss(
 
 
 def ppo_value_loss(
-    values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor, cliprange_value: float
+    values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor, cliprange_value: float,
+    num_tokens: float | torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Clipped value loss, averaged over valid tokens.
 
@@ -222,6 +241,7 @@ def ppo_value_loss(
         returns (`torch.Tensor` of shape `(B, R)`): GAE returns.
         mask (`torch.Tensor` of shape `(B, R)`): 1 on valid tokens.
         cliprange_value (`float`): eps_v.
+        num_tokens (*optional*): the normaliser, as in `ppo_policy_loss`.
 
     Returns:
         `(loss, stats)`: scalar loss; stats ``clipfrac`` and ``error`` (mean squared error of the unclipped
@@ -233,7 +253,7 @@ def ppo_value_loss(
     values_clipped = old_values + torch.clamp(values - old_values, -cliprange_value, cliprange_value)
     losses_unclipped = (values - returns) ** 2
     losses_clipped = (values_clipped - returns) ** 2
-    loss = 0.5 * masked_mean(torch.maximum(losses_unclipped, losses_clipped), mask)
+    loss = 0.5 * _token_mean(torch.maximum(losses_unclipped, losses_clipped), mask, num_tokens)
     with torch.no_grad():
         stats = {
             "clipfrac": masked_mean((losses_clipped > losses_unclipped).float(), mask),

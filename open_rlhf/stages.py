@@ -207,6 +207,8 @@ def _build_trainer(spec: StageSpec, loaded: dict, training_args, model_args, tra
         model_args.lora_task_type = spec.lora_task_type
     trainer = trainer_class(model=loaded["model"], args=training_args, train_dataset=train_dataset,
                             processing_class=loaded["tokenizer"], peft_config=get_peft_config(model_args), **kwargs)
+    if reward is not None:
+        reward.to(trainer.accelerator.device)  # a reward model scores where the policy runs (TRL leaves callables)
     from open_rlhf.progress import use_stage_progress
 
     use_stage_progress(trainer, spec.name)

@@ -227,6 +227,67 @@ def test_hh_rlhf_real_file(shared_data, caplog):
         assert roles[-1] == "user" and row["chosen"][0]["content"] and row["rejected"][0]["content"]
 
 
+def test_hh_transcript_without_assistant_turn_is_an_error(tmp_path):
+    """A chosen/rejected hh-rlhf transcript with no Assistant turn is not a pair (TRL's common-prefix prompt
+    extraction would make one out of "...hi ther" / "e" / "e")."""
+    cases = {
+        "implicit_same.jsonl": [{"chosen": "\n\nHuman: hi there", "rejected": "\n\nHuman: hi there"}],
+        "implicit_differ.jsonl": [{"chosen": "\n\nHuman: hi there", "rejected": "\n\nHuman: hello"}],
+        "hh_line2.jsonl": [_HH, {"chosen": "\n\nHuman: Hi\n\nAssistant: Hey",
+                                 "rejected": "\n\nHuman: Hi\n\nHuman: Hey"}],
+    }
+    for name, rows in cases.items():
+        path = _write_jsonl(tmp_path / name, rows)
+        line, column = (2, "rejected") if name.startswith("hh") else (1, "chosen")
+        with pytest.raises(DataFormatError, match=rf"line {line} of .*{re.escape(name)}: field '{column}' is an "
+                                                  rf"hh-rlhf transcript with no '\\n\\nAssistant:' turn.*Fix: an "
+                                                  rf"hh-rlhf transcript needs a final Assistant turn"):
+            data.load_preference_dataset(str(path))
+
+
+def test_pair_with_chosen_equal_to_rejected_is_an_error(tmp_path):
+    """In every pair format a pair whose chosen equals its rejected is an error naming the file and line."""
+    user = {"role": "user", "content": "Sky?"}
+    same_hh = {"chosen": "\n\nHuman: Hi\n\nAssistant: Hello", "rejected": "\n\nHuman: Hi\n\nAssistant: Hello "}
+    cases = {
+        "hh.jsonl": [_HH, same_hh],  # equal final turns once stripped
+        "pref.jsonl": [{"prompt": "Sky?", "chosen": "Blue", "rejected": "Green"},
+                       {"prompt": "Sea?", "chosen": "Blue", "rejected": "Blue"}],
+        "pref_mixed.jsonl": [{"prompt": "Sky?", "chosen": "Blue",
+                              "rejected": [{"role": "assistant", "content": "Green"}]},
+                             {"prompt": "Sea?", "chosen": "Blue",
+                              "rejected": [{"role": "assistant", "content": "Blue"}]}],
+        "implicit.jsonl": [{"chosen": "Sky? Blue", "rejected": "Sky? Green"},
+                           {"chosen": "Sky? Blue", "rejected": "Sky? Blue"}],
+        "implicit_conv.jsonl": [{"chosen": [user, {"role": "assistant", "content": "Blue"}],
+                                 "rejected": [user, {"role": "assistant", "content": "Green"}]},
+                                {"chosen": [user, {"role": "assistant", "content": "Blue"}],
+                                 "rejected": [user, {"role": "assistant", "content": "Blue"}]}],
+    }
+    for name, rows in cases.items():
+        path = _write_jsonl(tmp_path / name, rows)
+        with pytest.raises(DataFormatError, match=rf"line 2 of .*{re.escape(name)}: fields 'chosen' and 'rejected' "
+                                                  rf"are the same.*Fix: chosen and rejected must differ"):
+            data.load_preference_dataset(str(path))
+        # The first line alone is a good pair.
+        assert len(data.load_preference_dataset(str(_write_jsonl(tmp_path / f"ok_{name}", rows[:1])))) == 1
+
+
+def test_hh_rlhf_real_file_splits(shared_data_dir):
+    """The real harmless-base file (none of whose pairs is equal or lacks an Assistant turn) still splits; KTO
+    holds out exactly the DPO eval pairs, unpaired."""
+    path = str(shared_data_dir / "hh-rlhf" / "harmless-base" / "test.jsonl.gz")
+    train, pairs = data.load_splits(path, "preference", eval_size=64, seed=42)
+    assert (len(train), len(pairs)) == (2308 - 64, 64)
+    kto_train, held_out = data.load_splits(path, "unpaired", eval_size=64, seed=42)
+    assert (len(kto_train), len(held_out)) == (2 * (2308 - 64), 128)
+    expected = sorted(json.dumps([p, c, label]) for p, ch, rj in zip(pairs["prompt"], pairs["chosen"],
+                                                                     pairs["rejected"], strict=True)
+                      for c, label in ((ch, True), (rj, False)))
+    assert sorted(json.dumps([p, c, label]) for p, c, label in zip(held_out["prompt"], held_out["completion"],
+                                                                   held_out["label"], strict=True)) == expected
+
+
 def test_gsm8k_converted(tmp_path):
     rows = [{"question": "Tom has 3 bags of 400 marbles. How many?", "answer": "3*400=<<3*400=1200>>1200\n#### 1,200"},
             {"question": " Ann has 5 pens and loses 2. How many are left? ", "answer": "5-2=<<5-2=3>>3\n#### 3"}]
@@ -338,6 +399,31 @@ def test_json_parquet_gzip_and_folder_sources(tmp_path):
     _write_jsonl(folder / "a.jsonl", rows[:2])
     (folder / "notes.txt").write_text("ignored")
     assert data.load_records(str(folder))["prompt"] == ["p0", "p1", "p2", "p3"]  # sorted by file name
+
+
+def test_folder_without_the_requested_split_is_an_error(tmp_path):
+    """A folder laid out by split but without the split asked for does not fall back to its other splits."""
+    folder = tmp_path / "by_split"
+    folder.mkdir()
+    _write_jsonl(folder / "test.jsonl", [{"prompt": "held-out", "completion": "c"}])
+    _write_jsonl(folder / "validation-00000.jsonl", [{"prompt": "held-out 2", "completion": "c"}])
+    message = (r"folder .*by_split holds files named by split \(test\.jsonl, validation-00000\.jsonl\) but none "
+               r"for split 'train'.*Fix: pass the file path directly, or name a file 'train\.jsonl'")
+    with pytest.raises(DataFormatError, match=message):
+        data.load_records(str(folder))
+    with pytest.raises(DataFormatError, match=message):
+        data.load_splits(str(folder), "sft", eval_size=0)
+    assert data.load_sft_dataset(str(folder), split="test")["prompt"] == [[{"role": "user", "content": "held-out"}]]
+    assert data.load_records(str(folder / "test.jsonl"))["prompt"] == ["held-out"]
+
+
+def test_folder_without_split_names_uses_every_file(tmp_path):
+    folder = tmp_path / "parts"
+    folder.mkdir()
+    for name in ("part-1.jsonl", "data.jsonl", "testimonials.jsonl"):  # "testimonials" is no split name
+        _write_jsonl(folder / name, [{"prompt": name, "completion": "c"}])
+    assert data.load_records(str(folder))["prompt"] == ["data.jsonl", "part-1.jsonl", "testimonials.jsonl"]
+    assert data.load_records(str(folder), split="test")["prompt"] == ["testimonials.jsonl"]  # a name prefix
 
 
 def test_missing_field_names_line_and_field(tmp_path):
@@ -468,3 +554,37 @@ def test_load_splits_unpaired_builtin_holds_out_the_same_pairs_as_dpo():
     _, pairs = data.load_splits("builtin", "preference", eval_size=4, seed=0)
     assert len(train) == 10 and len(held_out) == 8 and sum(held_out["label"]) == 4
     assert held_out["completion"][:4] == pairs["chosen"] and held_out["completion"][4:] == pairs["rejected"]
+
+
+def test_load_splits_unpaired_file_holds_out_the_same_pairs_as_dpo(tmp_path):
+    """From a file of pairs the pairs are split before unpairing: both halves of a held-out pair are in eval,
+    the held-out pairs are the DPO eval pairs, and ``eval_size`` counts pairs."""
+    rows = [{"prompt": f"question {i}?", "chosen": f"good {i}", "rejected": f"bad {i}"} for i in range(30)]
+    folder = tmp_path / "pairs"
+    folder.mkdir()
+    path = _write_jsonl(folder / "train.jsonl", rows)
+
+    def prompts(dataset):
+        return [p[0]["content"] for p in dataset["prompt"]]
+
+    for source in (str(path), str(folder)):
+        train, held_out = data.load_splits(source, "unpaired", eval_size=6, seed=0)
+        _, pairs = data.load_splits(source, "preference", eval_size=6, seed=0)
+        assert (len(train), len(held_out), sum(held_out["label"])) == (48, 12, 6)
+        assert set(prompts(held_out)) == set(prompts(pairs)) and len(set(prompts(held_out))) == 6
+        assert not set(prompts(held_out)) & set(prompts(train))
+        got = sorted((p[0]["content"], c[0]["content"], label) for p, c, label in
+                     zip(held_out["prompt"], held_out["completion"], held_out["label"], strict=True))
+        assert got == sorted((p, f"{kind} {p.split()[1][:-1]}", kind == "good") for p in prompts(pairs)
+                             for kind in ("good", "bad"))
+        # max_samples caps the unpaired training examples and leaves the eval set as it is.
+        small, same = data.load_splits(source, "unpaired", eval_size=6, seed=0, max_samples=10)
+        assert len(small) == 10 and same.to_list() == held_out.to_list()
+        assert not set(prompts(small)) & set(prompts(held_out))
+        # A fraction is of the pairs too.
+        assert len(data.load_splits(source, "unpaired", eval_size=0.2, seed=0)[1]) == 12
+    # Native unpaired data is split as it is: eval_size counts examples.
+    native = _write_jsonl(tmp_path / "kto.jsonl", [{"prompt": f"q{i}", "completion": f"c{i}", "label": i % 2 == 0}
+                                                   for i in range(10)])
+    train, held_out = data.load_splits(str(native), "unpaired", eval_size=3, seed=0)
+    assert (len(train), len(held_out)) == (7, 3)

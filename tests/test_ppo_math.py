@@ -50,6 +50,14 @@ def test_k3_estimator():
         per_token_kl(torch.tensor([0.0]), torch.tensor([0.0]), "k2")
 
 
+def test_k3_is_clamped_where_the_policy_is_far_below_the_reference():
+    """log r = ref - logp = -1 - (-60) = 59: unclamped k3 = e^59 - 1 - 59 ~ 4.2e25, which would swamp every reward.
+    Clamped to [-10, 10] as OpenRLHF's compute_approx_kl does: 10.0. A small log-ratio is untouched."""
+    kl = per_token_kl(torch.tensor([-60.0, -1.0]), torch.tensor([-1.0, -1.5]), "k3")
+    assert kl[0].item() == 10.0
+    assert kl[1].item() == pytest.approx(math.exp(-0.5) - 1 + 0.5, abs=1e-6)
+
+
 def test_gae_hand_computed():
     """gamma = 0.9, lam = 0.8, rewards [0, 0, 1], values [0.5, 0.6, 0.7], all valid; V after the end = 0.
 
@@ -138,6 +146,31 @@ def test_reinforce_pp_advantages_hand_computed():
     expected = torch.tensor([[(1.1 - 0.68) / std, (1.2 - 0.68) / std, (1.0 - 0.68) / std],
                              [(0.2 - 0.68) / std, (-0.1 - 0.68) / std, 0.0]])
     torch.testing.assert_close(reinforce_pp_advantages(rewards, mask), expected, atol=1e-4, rtol=1e-4)
+
+
+def test_reinforce_pp_advantages_discounted():
+    """gamma = 0.5, rewards [0, 0, 1], all valid: reward-to-go [0.25, 0.5, 1.0].
+
+    mean = 1.75 / 3 = 0.583333; unbiased var = (0.111111 + 0.006944 + 0.173611) / 2 = 0.145833, std = 0.381881
+    A = (G - mean) / std = [-0.872872, -0.218218, 1.091089].
+    """
+    advantages = reinforce_pp_advantages(torch.tensor([[0.0, 0.0, 1.0]]), torch.ones(1, 3), gamma=0.5)
+    torch.testing.assert_close(advantages, torch.tensor([[-0.872872, -0.218218, 1.091089]]), atol=1e-5, rtol=0)
+
+
+def test_policy_loss_normalised_by_a_given_token_count():
+    """The micro-batch's share of a larger batch's token mean: sum of the per-token losses / num_tokens.
+
+    ratio 1 everywhere (logp == old): per-token loss = -A = [-1, 2, -3], mask [1, 1, 0]: sum = 1; / 4 = 0.25
+    (masked_mean would give 0.5).
+    """
+    logp = torch.zeros(1, 3)
+    loss, _ = ppo_policy_loss(logp, logp, torch.tensor([[1.0, -2.0, 3.0]]), torch.tensor([[1.0, 1.0, 0.0]]), 0.2,
+                              num_tokens=4)
+    assert loss.item() == pytest.approx(0.25)
+    value_loss, _ = ppo_value_loss(torch.tensor([[1.0, 2.0, 0.0]]), torch.tensor([[1.0, 2.0, 0.0]]),
+                                   torch.tensor([[0.0, 0.0, 5.0]]), torch.tensor([[1.0, 1.0, 0.0]]), 0.2, num_tokens=4)
+    assert value_loss.item() == pytest.approx(0.5 * (1 + 4) / 4)
 
 
 def test_masked_whiten_global_statistics_over_processes():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from datasets import Dataset
@@ -21,23 +23,28 @@ def target_reward(prompts, completions, **_):
     return [sum(w in TARGETS for w in c.split()) / max(1, len(c.split())) for c in completions]
 
 
-def restrict_to_words(model, tokenizer):
+def word_id(tokenizer, word: str) -> int:
+    return tokenizer.encode(word, add_special_tokens=False)[0]
+
+
+def restrict_to_words(model, tokenizer, extra_ids=()):
     """Add -20 to the logits of every token outside WORDS (a hook on the LM head), so a random tiny model is an
-    ~8-way stochastic policy; without it, it is ~uniform over 49k tokens and no reward on text is ever seen."""
-    ids = [tokenizer.encode(w, add_special_tokens=False)[0] for w in WORDS]
+    ~8-way stochastic policy; without it, it is ~uniform over 49k tokens and no reward on text is ever seen.
+    ``extra_ids`` (e.g. the EOS id) are allowed too."""
+    ids = [word_id(tokenizer, w) for w in WORDS] + list(extra_ids)
     bias = torch.full((model.config.vocab_size,), -20.0)
     bias[ids] = 0.0
     model.lm_head.register_forward_hook(lambda module, inputs, output: output + bias.to(output.dtype))
 
 
-def make_models(tokenizer, seed=0):
+def make_models(tokenizer, seed=0, extra_ids=()):
     torch.manual_seed(seed)
     config = tiny_llama_config(tokenizer, tie_word_embeddings=False)
     policy = LlamaForCausalLM(config)
     ref = LlamaForCausalLM(config)
     ref.load_state_dict(policy.state_dict())
-    restrict_to_words(policy, tokenizer)
-    restrict_to_words(ref, tokenizer)
+    restrict_to_words(policy, tokenizer, extra_ids)
+    restrict_to_words(ref, tokenizer, extra_ids)
     value = LlamaForSequenceClassification(tiny_llama_config(tokenizer, num_labels=1))
     return policy, ref, value
 
@@ -177,3 +184,133 @@ def test_value_model_must_match_the_advantage_estimator(tmp_path, tokenizer):
         PPOTrainer(make_args(tmp_path), tokenizer, policy, ref, target_reward, None, prompts())
     with pytest.raises(ValueError, match="advantage_estimator must be one of"):
         make_args(tmp_path, advantage_estimator="vtrace")
+
+
+def test_micro_batches_are_weighted_by_tokens(tmp_path, tokenizer):
+    """One minibatch of 8 rollouts as 1 micro-batch of 8 or 4 micro-batches of 2: the same gradient, hence the same
+    weights, because every token of the minibatch weighs the same (the responses differ in length here: the
+    policy can stop). Weighting each micro-batch's token mean by its share of sequences would differ."""
+    eos = tokenizer.eos_token_id
+    data, weights = None, []
+    for micro, accumulation in ((8, 1), (2, 4)):
+        policy, ref, value = make_models(tokenizer, extra_ids=[eos])
+        args = make_args(tmp_path / str(micro), per_device_train_batch_size=micro,
+                         gradient_accumulation_steps=accumulation, num_mini_batches=1, num_ppo_epochs=1, max_steps=1,
+                         save_strategy="no", max_grad_norm=0.0, learning_rate=1e-2)
+        trainer = PPOTrainer(args, tokenizer, policy, ref, target_reward, value, prompts())
+        if data is None:
+            data = trainer.rollout(trainer.train_dataset[:8])
+            lengths = data.mask.sum(1).tolist()
+            assert len(set(lengths)) > 1, f"the premise needs responses of different lengths, got {lengths}"
+        trainer.optimize(data)
+        weights.append({k: v.clone() for k, v in trainer.wrapper.state_dict().items()})
+    for name, tensor in weights[0].items():
+        torch.testing.assert_close(weights[1][name], tensor, atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_generation_keeps_every_eos_id_and_leaves_the_model_config_alone(tmp_path, tokenizer):
+    """A model with two stop ids (Llama 3 has three): rollouts stop at either, and the generation config saved
+    with the trained policy still lists both (it was overwritten with the tokenizer's single EOS id)."""
+    mat = word_id(tokenizer, " mat")
+    policy, ref, value = make_models(tokenizer)
+    policy.generation_config.eos_token_id = [tokenizer.eos_token_id, mat]
+    trainer = PPOTrainer(make_args(tmp_path, max_steps=1, save_strategy="no"), tokenizer, policy, ref, target_reward,
+                         value, prompts())
+    data = trainer.rollout(trainer.train_dataset[:4])
+    responses = data.query_responses[:, data.context_length:]
+    assert bool((responses == mat).any()), "premise: ' mat' is sampled"
+    for row, mask in zip(responses, data.mask.bool(), strict=True):
+        stops = (row == mat).nonzero()
+        if len(stops):  # nothing after the first ' mat' is part of the response
+            assert int(mask.sum()) == int(stops[0]) + 1
+    trainer.save_model(str(tmp_path / "out"))
+    saved = json.loads((tmp_path / "out" / "generation_config.json").read_text())
+    assert saved["eos_token_id"] == [tokenizer.eos_token_id, mat]
+
+
+def test_ratio_save_and_logging_steps(tmp_path, tokenizer, capsys):
+    """save_steps / logging_steps < 1 are ratios of the run (TrainingArguments' convention): 0.5 of 4 updates is
+    every 2 updates (it divided by zero, and a ratio logging_steps silently became 1)."""
+    policy, ref, value = make_models(tokenizer)
+    args = make_args(tmp_path, max_steps=4, save_steps=0.5, logging_steps=0.5, save_total_limit=None)
+    PPOTrainer(args, tokenizer, policy, ref, target_reward, value, prompts()).train()
+    assert [p.name for p in tmp_path.glob("checkpoint-*")] == ["checkpoint-2"]  # 4 is the end: save_model's job
+    printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith('{"step"')]
+    assert [json.loads(line)["step"] for line in printed] == [2, 4]
+
+
+@pytest.mark.parametrize("field, value", [("eval_strategy", "steps"), ("optim", "adafactor"),
+                                          ("torch_compile", True), ("push_to_hub", True)])
+def test_training_arguments_our_trainer_ignores_are_rejected(tmp_path, field, value):
+    from open_rlhf.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=f"--{field}"):
+        make_args(tmp_path, **{field: value})
+
+
+def test_gradient_checkpointing_is_honoured(tmp_path, tokenizer):
+    policy, ref, value = make_models(tokenizer)
+    args = make_args(tmp_path, max_steps=1, save_strategy="no", gradient_checkpointing=True)
+    trainer = PPOTrainer(args, tokenizer, policy, ref, target_reward, value, prompts())
+    assert trainer.policy.is_gradient_checkpointing and trainer.value_model.is_gradient_checkpointing
+    history = trainer.train()
+    assert torch.isfinite(torch.tensor(history[0]["loss/policy"]))
+
+
+def test_report_to_tensorboard_writes_the_logged_scalars(tmp_path, tokenizer):
+    """--report_to tensorboard goes through transformers' TensorBoardCallback; read a scalar back."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    policy, ref, value = make_models(tokenizer)
+    args = make_args(tmp_path, max_steps=2, save_strategy="no", report_to="tensorboard")
+    history = PPOTrainer(args, tokenizer, policy, ref, target_reward, value, prompts()).train()
+    event_dirs = {p.parent for p in tmp_path.glob("runs/*/events.out.tfevents.*")}
+    assert len(event_dirs) == 1
+    events = EventAccumulator(str(event_dirs.pop()))
+    events.Reload()
+    scores = [e.value for e in events.Scalars("train/objective/scores")]
+    assert scores == pytest.approx([h["objective/scores"] for h in history])
+
+
+class DeviceRecordingReward:
+    """A reward function holding a model would move it in `to`; this one records where it was asked to go."""
+
+    def __init__(self):
+        self.devices = []
+
+    def to(self, device):
+        self.devices.append(torch.device(device))
+        return self
+
+    def __call__(self, prompts, completions, **kwargs):
+        return target_reward(prompts, completions)
+
+
+def test_reward_functions_are_moved_to_the_training_device(tmp_path, tokenizer):
+    """A reward model scores where the policy runs (on a GPU it scored on the CPU)."""
+    policy, ref, value = make_models(tokenizer)
+    reward = DeviceRecordingReward()
+    trainer = PPOTrainer(make_args(tmp_path), tokenizer, policy, ref, reward, value, prompts())
+    assert reward.devices == [trainer.accelerator.device]
+
+
+def test_value_model_without_a_scalar_head_is_rejected(tmp_path, tokenizer):
+    """A causal LM as value model used to give a vocabulary-sized "value" through get_output_embeddings."""
+    from open_rlhf.errors import ConfigError
+
+    policy, ref, _ = make_models(tokenizer)
+    not_a_value_model = LlamaForCausalLM(tiny_llama_config(tokenizer))
+    with pytest.raises(ConfigError, match="scalar head"):
+        PPOTrainer(make_args(tmp_path), tokenizer, policy, ref, target_reward, not_a_value_model, prompts())
+
+
+def test_reinforce_pp_uses_gamma(tmp_path, tokenizer):
+    """REINFORCE++ advantages are the gamma-discounted reward-to-go (gamma was hard-coded to 1)."""
+    from open_rlhf.rl_math import reinforce_pp_advantages
+
+    policy, ref, _ = make_models(tokenizer)
+    args = make_args(tmp_path, advantage_estimator="reinforce_pp", gamma=0.5)
+    trainer = PPOTrainer(args, tokenizer, policy, ref, target_reward, None, prompts())
+    data = trainer.rollout(trainer.train_dataset[:4])
+    torch.testing.assert_close(data.advantages, reinforce_pp_advantages(data.rewards, data.mask, gamma=0.5))
+    assert not torch.allclose(data.advantages, reinforce_pp_advantages(data.rewards, data.mask, gamma=1.0))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import pickle
 import re
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -202,6 +203,26 @@ def test_simpo_trainer_loss_matches_trl_cpo_trainer(tmp_path, tiny_model_dir, to
     torch.testing.assert_close(our_loss, cpo_loss, rtol=1e-5, atol=1e-5)
     for key in ("logps/chosen", "logps/rejected", "rewards/margins"):
         assert ours._metrics["eval"][key][0] == pytest.approx(cpo_metrics[key], abs=1e-5), key
+
+
+def test_simpo_trainer_use_liger_kernel_keeps_the_simpo_loss(tmp_path, tiny_model_dir, tokenizer):
+    """``use_liger_kernel=True`` does not swap the loss: TRL 1.16's DPOTrainer has no Liger loss path, it only lets
+    transformers patch the layers (at `train`) with fused linear cross-entropy forced off so its fused log-prob head
+    survives. So on one batch the loss equals the loss without the flag (SimPO's, checked against CPO above). A TRL
+    that routes the flag to a Liger DPO loss fails here; SimPOConfig must then reject ``use_liger_kernel``."""
+    model = load_tiny(tiny_model_dir)
+    model.eval()
+    losses = {}
+    for liger in (False, True):
+        args = SimPOConfig(output_dir=str(tmp_path / str(liger)), use_liger_kernel=liger, **TRAINER_ARGS)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*use_liger_kernel", category=FutureWarning)
+            trainer = SimPOTrainer(model=model, args=args, train_dataset=preference_pairs(), processing_class=tokenizer)
+        batch = trainer._prepare_inputs(trainer.data_collator([trainer.train_dataset[i] for i in range(4)]))
+        with torch.no_grad():
+            losses[liger] = trainer.compute_loss(model, batch)
+    assert trainer.args.liger_kernel_config == {"fused_linear_cross_entropy": False}
+    torch.testing.assert_close(losses[True], losses[False], rtol=0, atol=0)
 
 
 # ---------------------------------------------------------------------------------------------- SimPOConfig

@@ -41,8 +41,11 @@ disabled, so no second copy of the weights is held.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import logging
+import math
 import os
 import shutil
 import time
@@ -55,17 +58,24 @@ import torch.nn as nn
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
-from transformers import TrainingArguments, get_scheduler
+from transformers import (
+    GenerationConfig,
+    LogitsProcessor,
+    LogitsProcessorList,
+    TopPLogitsWarper,
+    TrainingArguments,
+    get_scheduler,
+)
 from trl.trainer.utils import disable_dropout_in_model, selective_log_softmax_and_entropy
 
 from open_rlhf.config import HardwareDefaultsMixin
 from open_rlhf.errors import ConfigError
+from open_rlhf.models import stop_token_ids
 from open_rlhf.rl_math import (
     AdaptiveKLController,
     FixedKLController,
     compute_gae,
     compute_rewards,
-    masked_mean,
     masked_whiten,
     ppo_policy_loss,
     ppo_value_loss,
@@ -78,6 +88,19 @@ logger = logging.getLogger(__name__)
 INVALID_LOGPROB = 1.0  # fill value for masked positions; never read by a loss (all losses are masked)
 TRAINER_STATE_NAME = "trainer_state.json"
 ADVANTAGE_ESTIMATORS = ("gae", "reinforce_pp")
+ROLLOUT_SAMPLING = ("per_prompt", "global")
+# The TrainingArguments fields PPOTrainer reads (besides its own PPOConfig fields). Also the bookkeeping fields
+# transformers' own Trainer ignores (do_train, ...) and those that only matter to the launcher or logging.
+HONOURED_TRAINING_ARGUMENTS = frozenset({
+    "output_dir", "per_device_train_batch_size", "gradient_accumulation_steps", "num_train_epochs", "max_steps",
+    "learning_rate", "lr_scheduler_type", "lr_scheduler_kwargs", "warmup_steps", "weight_decay", "adam_beta1",
+    "adam_beta2", "adam_epsilon", "max_grad_norm", "bf16", "fp16", "use_cpu", "seed", "activation_checkpointing",
+    "activation_checkpointing_kwargs", "gradient_checkpointing", "gradient_checkpointing_kwargs",
+    "logging_strategy", "logging_steps", "log_level", "log_level_replica", "log_on_each_node", "disable_tqdm",
+    "report_to", "run_name", "project", "trackio_space_id", "trackio_bucket_id", "trackio_static_space_id",
+    "save_strategy", "save_steps", "save_total_limit", "do_train", "do_eval", "do_predict", "local_rank",
+    "skip_memory_metrics", "resume_from_checkpoint",
+})
 CHECKPOINT_PREFIX = "checkpoint-"
 
 
@@ -90,6 +113,11 @@ class PPOConfig(HardwareDefaultsMixin, TrainingArguments):
     ``per_device_train_batch_size * gradient_accumulation_steps`` of them. ``max_steps`` counts rollouts
     (updates); if it is not set, ``total_episodes`` (default: ``num_train_epochs`` passes over the prompts)
     decides.
+
+    Of the `transformers.TrainingArguments` fields, our trainer honours those in `HONOURED_TRAINING_ARGUMENTS`
+    (optimizer and schedule, precision, logging with ``report_to`` integrations, checkpointing,
+    ``gradient_checkpointing``, seeds); setting any other one to a non-default value raises a `ConfigError`
+    naming it, instead of being silently ignored.
     """
 
     # Overrides of TrainingArguments defaults (CPU-friendly, log every update)
@@ -155,9 +183,18 @@ class PPOConfig(HardwareDefaultsMixin, TrainingArguments):
     num_sample_generations: int = field(
         default=2, metadata={"help": "Sample generations printed in the log per update (0 = none)."}
     )
+    rollout_sampling: str = field(
+        default="per_prompt",
+        metadata={"help": "'per_prompt': each prompt's response is sampled with its own generator seeded by (seed, "
+                          "update, prompt index), so rollouts do not depend on batch composition or the number of "
+                          "processes (PerPromptSampler); 'global': transformers' sampling with the global RNG."},
+    )
 
     def __post_init__(self):
+        reject_ignored_training_arguments(self)  # before TrainingArguments normalises the values
         super().__post_init__()  # HardwareDefaultsMixin (device, bf16), then TrainingArguments
+        if self.rollout_sampling not in ROLLOUT_SAMPLING:
+            raise ConfigError(f"--rollout_sampling must be one of {ROLLOUT_SAMPLING}, got {self.rollout_sampling!r}.")
         if self.advantage_estimator not in ADVANTAGE_ESTIMATORS:
             raise ConfigError(f"--advantage_estimator must be one of {ADVANTAGE_ESTIMATORS}, got "
                               f"{self.advantage_estimator!r}.")
@@ -176,6 +213,41 @@ class PPOConfig(HardwareDefaultsMixin, TrainingArguments):
     @property
     def mini_batch_size(self) -> int:
         return self.per_device_train_batch_size * self.gradient_accumulation_steps
+
+
+_UNSET = (None, False, "", "no", "none", (), [], {})
+_ADAMW = ("adamw_torch", "adamw_torch_fused")  # our optimizer is torch's AdamW (fused or not is torch's choice)
+
+
+def _is_default(value, default) -> bool:
+    """Whether a field's value means its default (parsers give ``False`` for a ``"no"`` default, enums for str)."""
+    value, default = (getattr(v, "value", v) for v in (value, default))
+    if value in _UNSET and default in _UNSET:
+        return True
+    return value == default or str(value) == str(default)
+
+
+def reject_ignored_training_arguments(config) -> None:
+    """Raise for a `TrainingArguments` field set away from its default that `PPOTrainer` does not read.
+
+    Raises:
+        ConfigError: naming the first such field (and the honoured ones): e.g. ``--eval_strategy steps`` (our PPO
+            has no evaluation loop; the pipeline evaluates after training) or ``--optim adafactor`` (AdamW only).
+    """
+    training_fields = {f.name for f in dataclasses.fields(TrainingArguments)}
+    for f in dataclasses.fields(config):
+        if f.name not in training_fields or f.name in HONOURED_TRAINING_ARGUMENTS or not f.init:
+            continue
+        value = getattr(config, f.name)
+        if f.name == "optim" and getattr(value, "value", value) in _ADAMW:
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+        if not _is_default(value, default):
+            raise ConfigError(
+                f"--{f.name} {value!r} is not supported by open_rlhf's PPO trainer (it would be silently ignored). "
+                f"Fix: drop --{f.name}. PPOTrainer reads only these TrainingArguments: "
+                f"{', '.join(sorted(HONOURED_TRAINING_ARGUMENTS))}.")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -223,11 +295,39 @@ def token_values(
     Returns:
         `torch.Tensor` of shape `(B, R)`.
     """
+    check_value_model(value_model)
     backbone = getattr(value_model, value_model.base_model_prefix)
     hidden = backbone(input_ids=query_responses, attention_mask=attention_mask,
                       position_ids=_position_ids(attention_mask), use_cache=False).last_hidden_state
-    head = value_model.score if hasattr(value_model, "score") else value_model.get_output_embeddings()
-    return head(hidden[:, context_length - 1: -1]).squeeze(-1).float()
+    return value_model.score(hidden[:, context_length - 1: -1]).squeeze(-1).float()
+
+
+def check_value_model(value_model: nn.Module) -> None:
+    """A value model is a sequence classifier with one output: a ``score`` head of one output feature.
+
+    Raises:
+        ConfigError: for anything else (a causal LM has no scalar head; its vocabulary-sized output embedding is
+            not a value).
+    """
+    model = value_model.get_base_model() if hasattr(value_model, "get_base_model") else value_model
+    if getattr(model, "score", None) is None or getattr(model.config, "num_labels", None) != 1:
+        raise ConfigError(
+            f"The value model ({type(model).__name__}) has no scalar head: it must be a sequence classifier with "
+            "num_labels=1 and a `score` head (AutoModelForSequenceClassification, e.g. a train_reward.py output, "
+            "or open_rlhf.models.load_value_model). Fix: pass --value_model_path to such a model or leave it unset.")
+
+
+def steps_from_ratio(value: float, total: int, name: str) -> int:
+    """``logging_steps`` / ``save_steps`` as a number of updates: a count (>= 1), or a fraction (< 1) of ``total``
+    rounded up, as `transformers.TrainingArguments` reads them.
+
+    Raises:
+        ConfigError: for a value <= 0.
+    """
+    if value is None or value <= 0:
+        raise ConfigError(f"--{name} must be a number of updates (>= 1) or a fraction of the run (0 < x < 1), got "
+                          f"{value!r}.")
+    return max(1, math.ceil(value * total)) if value < 1 else int(value)
 
 
 class PolicyAndValue(nn.Module):
@@ -250,12 +350,92 @@ class PolicyAndValue(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# Rollout sampling
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class PerPromptSampler(LogitsProcessor):
+    """Samples each row from ``softmax(logits / temperature)`` (nucleus ``top_p``) with its own random generator.
+
+    Used with greedy decoding: the processor adds Gumbel(0, 1) noise to the tempered (and nucleus-filtered) logits,
+    and ``argmax(logits / T + G)`` is an exact sample of ``softmax(logits / T)`` (the Gumbel-max trick; Gumbel
+    1954, Maddison et al. 2014, https://arxiv.org/abs/1411.0030). Row ``b`` draws its noise from a generator
+    seeded with ``seeds[b]``, so its response depends only on its prompt, its seed and the policy: not on which
+    other prompts share the batch, how the batch is split over processes, or the global random state.
+
+    Args:
+        seeds (`list[int]`): one seed per row of the batch (`B`).
+        temperature (`float`): > 0.
+        top_p (`float`): nucleus mass in (0, 1]; 1.0 is off.
+        device (`torch.device`): where the logits live.
+    """
+
+    def __init__(self, seeds: list[int], temperature: float, top_p: float, device: torch.device):
+        self.generators = [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
+        self.temperature = temperature
+        self.top_p = TopPLogitsWarper(top_p) if top_p < 1.0 else None
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        scores = scores.float() / self.temperature
+        if self.top_p is not None:
+            scores = self.top_p(input_ids, scores)
+        uniform = torch.stack([torch.rand(scores.shape[1], generator=g, device=scores.device)
+                               for g in self.generators])
+        tiny = torch.finfo(uniform.dtype).tiny
+        return scores - torch.log(-torch.log(uniform.clamp(min=tiny)))
+
+
+def rollout_seed(seed: int, update: int, prompt_index: int) -> int:
+    """The sampling seed of one prompt at one update: a 63-bit hash of ``(seed, update, prompt_index)``."""
+    value = seed
+    for part in (update, prompt_index):
+        value = (value * 1_000_003 + part + 1) % (2**63 - 1)
+    return value
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # Trainer
 # ----------------------------------------------------------------------------------------------------------------
 
 
+@dataclass
+class Rollout:
+    """One rollout batch of this process (steps 1-4 of the module docstring).
+
+    B rollouts, P prompt tokens (left-padded to the longest prompt), R response tokens (right-padded after each
+    response's end). All `(B, R)` tensors are zero (or `INVALID_LOGPROB`) on masked positions.
+    """
+
+    query_responses: torch.Tensor  # (B, P + R) token ids
+    attention_mask: torch.Tensor  # (B, P + R)
+    context_length: int  # P
+    mask: torch.Tensor  # (B, R) float, 1 on the response tokens up to and including the first EOS
+    has_eos: torch.Tensor  # (B,) bool
+    logprobs: torch.Tensor  # (B, R) log pi at rollout time, nats
+    ref_logprobs: torch.Tensor  # (B, R) log pi_ref, nats
+    values: torch.Tensor  # (B, R) value model; zeros for REINFORCE++
+    rewards: torch.Tensor  # (B, R) per-token rewards (KL penalty, score on the last token; whitened if asked)
+    advantages: torch.Tensor  # (B, R)
+    returns: torch.Tensor  # (B, R) value targets; zeros for REINFORCE++
+    scores: torch.Tensor  # (B,) scores after the missing-EOS penalty
+    raw_scores: torch.Tensor  # (B,) the reward functions' scores
+    kl: torch.Tensor  # (B, R) per-token KL estimate in the reward, nats
+    non_score_reward: torch.Tensor  # (B,) -beta * sum_t kl_t
+    entropy: torch.Tensor  # (B, R) policy entropy, nats
+    texts: list[str]  # the decoded responses
+    timings: dict[str, float] = field(default_factory=dict)  # seconds: generate, score, forward
+
+
 class PPOTrainer:
     """PPO trainer for causal-LM policies (see the module docstring for the algorithm).
+
+    Distributed (``accelerate launch``, DDP): each process rolls out its own share of the prompts and every
+    statistic that spans the batch is global: advantage and reward whitening, the token normaliser of the losses,
+    the KL controller's KL, and every logged metric (all-reduced sums and counts). Gradients are all-reduced
+    once per optimizer step (``no_sync`` on the other micro-batches). With the per-prompt seeded sampler, rollouts
+    do not depend on the number of processes, so N processes with ``per_device_train_batch_size`` b train exactly
+    as one process with N * b, up to floating-point summation order, when ``num_mini_batches`` is 1 (with more
+    minibatches, each process shuffles its own share into them).
 
     Args:
         args (`PPOConfig`): hyper-parameters and output options.
@@ -263,44 +443,61 @@ class PPOTrainer:
         model: the policy, a causal LM (a `peft.PeftModel` for LoRA).
         ref_model: the frozen reference model; None with a PEFT policy (adapter-disabled policy is used).
         reward_funcs: one callable or a list, each ``f(prompts, completions, **columns) -> list[float]``;
-            their scores are summed (a `RewardModelScorer`, `accuracy_reward`, ...).
-        value_model: a sequence classifier with one output (num_labels=1), trained with the policy; must be None
-            with ``advantage_estimator="reinforce_pp"`` (REINFORCE++ has no value model).
+            their scores are summed (a `RewardSpec`, `RewardModelScorer`, `accuracy_reward`, ...). A reward
+            function with a ``to(device)`` method (one holding a reward model) is moved to the training device.
+        value_model: a sequence classifier with one output (num_labels=1, a ``score`` head), trained with the
+            policy; must be None with ``advantage_estimator="reinforce_pp"`` (REINFORCE++ has no value model).
         train_dataset: a `datasets.Dataset` with a conversational ``prompt`` column; other columns (e.g.
             ``answer``) are passed to the reward functions.
 
     Raises:
-        ValueError: when the dataset has no ``prompt`` column or is smaller than one rollout batch, when
-            ``ref_model`` is None for a non-PEFT policy, or when ``value_model`` is given for REINFORCE++ / missing
-            for GAE.
+        ConfigError: when the dataset has no ``prompt`` column or is smaller than one global rollout batch, when
+            ``ref_model`` is None for a non-PEFT policy, when ``value_model`` is given for REINFORCE++, missing for
+            GAE, or has no scalar ``score`` head.
     """
 
     def __init__(self, args: PPOConfig, processing_class, model, ref_model, reward_funcs, value_model, train_dataset):
         self.args = args
         self.tokenizer = processing_class
         if "prompt" not in train_dataset.column_names:
-            raise ValueError(f"The PPO dataset needs a 'prompt' column; it has {train_dataset.column_names}.")
-        if len(train_dataset) < args.rollout_batch_size:
-            raise ValueError(
-                f"The PPO dataset has {len(train_dataset)} prompts, fewer than one rollout batch "
-                f"({args.rollout_batch_size} = per_device_train_batch_size * gradient_accumulation_steps * "
-                "num_mini_batches). Use more prompts or a smaller batch."
-            )
+            raise ConfigError(f"The PPO dataset needs a 'prompt' column; it has {train_dataset.column_names}.")
         self.is_peft = hasattr(model, "disable_adapter") and hasattr(model, "peft_config")
         if ref_model is None and not self.is_peft:
-            raise ValueError("ref_model is required unless the policy is a PEFT model (adapter-disabled reference).")
+            raise ConfigError("ref_model is required unless the policy is a PEFT model (adapter-disabled reference).")
         self.use_value_model = args.advantage_estimator == "gae"
         if self.use_value_model and value_model is None:
-            raise ValueError("advantage_estimator='gae' (PPO) needs a value model; pass one, or use "
-                             "advantage_estimator='reinforce_pp' (REINFORCE++), which has none.")
+            raise ConfigError("advantage_estimator='gae' (PPO) needs a value model; pass one, or use "
+                              "advantage_estimator='reinforce_pp' (REINFORCE++), which has none.")
         if not self.use_value_model and value_model is not None:
-            raise ValueError("advantage_estimator='reinforce_pp' (REINFORCE++) trains no value model; pass "
-                             "value_model=None.")
-        self.reward_funcs = reward_funcs if isinstance(reward_funcs, list) else [reward_funcs]
+            raise ConfigError("advantage_estimator='reinforce_pp' (REINFORCE++) trains no value model; pass "
+                              "value_model=None.")
+        if value_model is not None:
+            check_value_model(value_model)
         self.train_dataset = train_dataset
         self.accelerator = Accelerator(cpu=args.use_cpu,
                                        mixed_precision="bf16" if args.bf16 else "fp16" if args.fp16 else "no")
         set_seed(args.seed)
+
+        # Schedule: one update = one rollout batch of every process.
+        world = self.accelerator.num_processes
+        self.batch_size = args.rollout_batch_size * world
+        if len(train_dataset) < self.batch_size:
+            raise ConfigError(
+                f"The PPO dataset has {len(train_dataset)} prompts, fewer than one rollout batch of all processes "
+                f"({self.batch_size} = per_device_train_batch_size {args.per_device_train_batch_size} * "
+                f"gradient_accumulation_steps {args.gradient_accumulation_steps} * num_mini_batches "
+                f"{args.num_mini_batches} * {world} processes). Fix: use more prompts, a smaller "
+                "--per_device_train_batch_size / --gradient_accumulation_steps / --num_mini_batches, or fewer "
+                "processes."
+            )
+        if args.max_steps and args.max_steps > 0:
+            self.num_updates = args.max_steps
+        else:
+            episodes = args.total_episodes or int(args.num_train_epochs * len(train_dataset))
+            self.num_updates = max(1, episodes // self.batch_size)
+        num_optimizer_steps = self.num_updates * args.num_ppo_epochs * args.num_mini_batches
+        self.logging_every = steps_from_ratio(args.logging_steps, self.num_updates, "logging_steps")
+        self.save_every = steps_from_ratio(args.save_steps, self.num_updates, "save_steps")
 
         for m in (model, value_model, ref_model):
             if m is not None:
@@ -309,33 +506,38 @@ class PPOTrainer:
             ref_model.eval().requires_grad_(False)
             ref_model.to(self.accelerator.device)
         self.ref_model = ref_model
-        self.eos_token_id = self.tokenizer.eos_token_id
-        model.generation_config.eos_token_id = self.eos_token_id
-        model.generation_config.pad_token_id = self.tokenizer.pad_token_id
-
-        # Schedule: one update = one rollout batch.
-        world = self.accelerator.num_processes
-        self.batch_size = args.rollout_batch_size * world
-        if args.max_steps and args.max_steps > 0:
-            self.num_updates = args.max_steps
-        else:
-            episodes = args.total_episodes or int(args.num_train_epochs * len(train_dataset))
-            self.num_updates = max(1, episodes // self.batch_size)
-        num_optimizer_steps = self.num_updates * args.num_ppo_epochs * args.num_mini_batches
+        if args.gradient_checkpointing:
+            kwargs = args.gradient_checkpointing_kwargs or {"use_reentrant": False}
+            for m in (model, value_model):
+                if m is not None:  # transformers 5.23 renamed it activation checkpointing
+                    enable = getattr(m, "activation_checkpointing_enable", None) or m.gradient_checkpointing_enable
+                    enable(kwargs)
+        # Stop ids: the tokenizer's EOS and every id of the model's generation config (Llama 3 has three). Passed to
+        # generate and to the masks; the model's generation config is left as it was (it is saved with the policy).
+        self.eos_token_ids = stop_token_ids(self.tokenizer, model.generation_config)
+        self.reward_funcs = reward_funcs if isinstance(reward_funcs, list) else [reward_funcs]
+        for func in self.reward_funcs:
+            if hasattr(func, "to"):  # a reward model scores where the policy runs
+                func.to(self.accelerator.device)
 
         self.wrapper = PolicyAndValue(model, value_model)
         params = [p for p in self.wrapper.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
                                       eps=args.adam_epsilon, weight_decay=args.weight_decay)
-        scheduler = get_scheduler(args.lr_scheduler_type, optimizer,
-                                  num_warmup_steps=args.get_warmup_steps(num_optimizer_steps),
-                                  num_training_steps=num_optimizer_steps)
-        self.wrapper, self.optimizer, self.lr_scheduler = self.accelerator.prepare(self.wrapper, optimizer, scheduler)
+        # The scheduler is not passed to accelerator.prepare: accelerate would step it once per process per
+        # optimizer step, and on N processes the schedule would end after 1/N of training.
+        self.lr_scheduler = get_scheduler(args.lr_scheduler_type, optimizer,
+                                          num_warmup_steps=args.get_warmup_steps(num_optimizer_steps),
+                                          num_training_steps=num_optimizer_steps,
+                                          scheduler_specific_kwargs=args.lr_scheduler_kwargs or None)
+        self.wrapper, self.optimizer = self.accelerator.prepare(self.wrapper, optimizer)
+        self.accelerator.register_for_checkpointing(self.lr_scheduler)
         self.kl_ctl = (AdaptiveKLController(args.kl_coef, args.target_kl, args.kl_horizon) if args.adaptive_kl
                        else FixedKLController(args.kl_coef))
         self.global_step = 0
         self.episode = 0
         self.log_history: list[dict] = []
+        self._init_callbacks()
 
     # -- properties ------------------------------------------------------------------------------------------
     @property
@@ -347,13 +549,50 @@ class PPOTrainer:
         return self.accelerator.unwrap_model(self.wrapper).value_model
 
     def _reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
-        """Sum over processes (identity with one process): global-batch statistics for advantage whitening."""
+        """Sum over processes (identity with one process): statistics of the global batch."""
         return self.accelerator.reduce(tensor, "sum") if self.accelerator.num_processes > 1 else tensor
+
+    def _global_means(self, terms: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> dict[str, float]:
+        """``{name: (values, weights)} -> {name: sum(values) / sum(weights)}`` over every process (one all-reduce).
+
+        ``values`` are already multiplied by their weights (a token mean: ``(x * mask, mask)``; a mean over
+        sequences: ``(x, ones)``).
+        """
+        if not terms:
+            return {}
+        device = self.accelerator.device
+        totals = torch.stack([torch.stack([v.detach().float().sum().to(device), w.detach().float().sum().to(device)])
+                              for v, w in terms.values()])
+        totals = self._reduce_sum(totals)
+        return {name: (totals[i, 0] / totals[i, 1].clamp(min=1e-12)).item() for i, name in enumerate(terms)}
+
+    # -- reporting -------------------------------------------------------------------------------------------
+    def _init_callbacks(self) -> None:
+        """``report_to`` through transformers' integrations (TensorBoard, trackio, ...): their callbacks get the
+        same ``on_train_begin`` / ``on_log`` / ``on_train_end`` events as under `transformers.Trainer`."""
+        from transformers.integrations import get_reporting_integration_callbacks
+        from transformers.trainer_callback import (
+            CallbackHandler,
+            DefaultFlowCallback,
+            TrainerControl,
+            TrainerState,
+        )
+
+        callbacks = [DefaultFlowCallback, *get_reporting_integration_callbacks(self.args.report_to)]
+        self.callback_handler = CallbackHandler(callbacks, self.policy, self.tokenizer, self.optimizer,
+                                                self.lr_scheduler)
+        self.state = TrainerState(is_local_process_zero=self.accelerator.is_local_main_process,
+                                  is_world_process_zero=self.accelerator.is_main_process)
+        self.state.max_steps = self.num_updates
+        self.state.logging_steps = self.logging_every
+        self.state.save_steps = self.save_every
+        self.control = TrainerControl()
 
     # -- data ------------------------------------------------------------------------------------------------
     def _batch_indices(self, step: int) -> list[int]:
-        """Prompt indices of update ``step`` for this process: a seeded permutation per pass over the data."""
-        per_epoch = len(self.train_dataset) // self.batch_size
+        """Prompt indices of update ``step`` for this process: a seeded permutation per pass over the data; the
+        global batch is the same on any number of processes, each process takes its consecutive share."""
+        per_epoch = len(self.train_dataset) // self.batch_size  # >= 1, checked in __init__
         epoch, offset = divmod(step, per_epoch)
         generator = torch.Generator().manual_seed(self.args.seed + epoch)
         perm = torch.randperm(len(self.train_dataset), generator=generator).tolist()
@@ -373,11 +612,30 @@ class PPOTrainer:
         return {k: v.to(self.accelerator.device) for k, v in enc.items()}
 
     # -- rollout ---------------------------------------------------------------------------------------------
+    def _generate(self, enc: dict[str, torch.Tensor], prompt_indices: list[int]) -> torch.Tensor:
+        """Sample one response per prompt: `(B, P + R)` prompt and response ids (step 1)."""
+        args = self.args
+        config = GenerationConfig(max_new_tokens=args.response_length, eos_token_id=self.eos_token_ids,
+                                  pad_token_id=self.tokenizer.pad_token_id)
+        kwargs = {}
+        if args.rollout_sampling == "per_prompt":
+            config.do_sample = False  # greedy over Gumbel-perturbed logits = sampling (PerPromptSampler)
+            seeds = [rollout_seed(args.seed, self.global_step, i) for i in prompt_indices]
+            kwargs["logits_processor"] = LogitsProcessorList([
+                PerPromptSampler(seeds, args.temperature, args.top_p, self.accelerator.device)])
+        else:
+            config.do_sample, config.temperature, config.top_p, config.top_k = True, args.temperature, args.top_p, 0
+        with self.accelerator.autocast():
+            return self.policy.generate(**enc, generation_config=config, **kwargs)
+
     @torch.no_grad()
-    def rollout(self, batch: dict) -> dict:
+    def rollout(self, batch: dict, prompt_indices: list[int] | None = None) -> Rollout:
         """Generate, score and compute advantages for one batch of prompts (steps 1-4 of the module docstring).
 
-        Returns a dict of tensors (`(B, R)` unless noted) and the decoded responses, plus timings in seconds.
+        Args:
+            batch (`dict`): columns of the dataset rows (``prompt`` and whatever the reward functions read).
+            prompt_indices (`list[int]`, *optional*): the rows' indices in the dataset, which seed the per-prompt
+                sampler (default ``0..B-1``).
         """
         args = self.args
         timings = {}
@@ -386,15 +644,11 @@ class PPOTrainer:
         policy = self.policy
         policy.eval()
         start = time.perf_counter()
-        autocast = self.accelerator.autocast
-        with autocast():
-            query_responses = policy.generate(
-                **enc, max_new_tokens=args.response_length, do_sample=True, temperature=args.temperature,
-                top_p=args.top_p, top_k=0, eos_token_id=self.eos_token_id, pad_token_id=self.tokenizer.pad_token_id,
-            )
+        query_responses = self._generate(enc, list(range(len(batch["prompt"]))) if prompt_indices is None
+                                         else prompt_indices)
         timings["generate"] = time.perf_counter() - start
         responses = query_responses[:, context_length:]
-        mask, has_eos = response_mask_after_eos(responses, self.eos_token_id)
+        mask, has_eos = response_mask_after_eos(responses, self.eos_token_ids)
         attention_mask = torch.cat([enc["attention_mask"], torch.ones_like(responses)], dim=1)
 
         start = time.perf_counter()
@@ -414,7 +668,7 @@ class PPOTrainer:
         step = args.local_rollout_forward_batch_size
         for i in range(0, query_responses.shape[0], step):
             qr, am = query_responses[i:i + step], attention_mask[i:i + step]
-            with autocast():
+            with self.accelerator.autocast():
                 lp, ent = policy_logprobs(policy, qr, am, context_length, args.temperature)
                 if self.ref_model is None:
                     with policy.disable_adapter():
@@ -437,65 +691,99 @@ class PPOTrainer:
 
         rewards, kl = compute_rewards(scores, logprobs, ref_logprobs, maskf, self.kl_ctl.value, args.kl_estimator)
         if args.whiten_rewards:
-            rewards = masked_whiten(rewards, maskf, shift_mean=False)
+            rewards = masked_whiten(rewards, maskf, shift_mean=False, reduce_sum=self._reduce_sum)
         if self.use_value_model:
             advantages, returns = compute_gae(rewards, values, maskf, args.gamma, args.lam)
             advantages = masked_whiten(advantages, maskf, reduce_sum=self._reduce_sum)
         else:
-            advantages = reinforce_pp_advantages(rewards, maskf, reduce_sum=self._reduce_sum)
+            advantages = reinforce_pp_advantages(rewards, maskf, gamma=args.gamma, reduce_sum=self._reduce_sum)
             returns = torch.zeros_like(advantages)  # no value model to fit
         timings["forward"] = time.perf_counter() - start
-
-        return dict(
-            query_responses=query_responses, attention_mask=attention_mask, context_length=context_length,
-            mask=maskf, has_eos=has_eos, logprobs=logprobs, values=values, advantages=advantages,
-            returns=returns, scores=scores, raw_scores=raw_scores, kl=kl, entropy=entropy,
-            non_score_reward=(-self.kl_ctl.value * kl).sum(1), texts=texts, timings=timings,
-        )
+        return Rollout(query_responses=query_responses, attention_mask=attention_mask, context_length=context_length,
+                       mask=maskf, has_eos=has_eos, logprobs=logprobs, ref_logprobs=ref_logprobs, values=values,
+                       rewards=rewards, advantages=advantages, returns=returns, scores=scores,
+                       raw_scores=raw_scores, kl=kl, non_score_reward=(-self.kl_ctl.value * kl).sum(1),
+                       entropy=entropy, texts=texts, timings=timings)
 
     # -- optimisation ----------------------------------------------------------------------------------------
-    def optimize(self, data: dict) -> dict[str, float]:
-        """PPO epochs over minibatches of one rollout (step 5). Returns averaged loss statistics."""
+    def optimize(self, data: Rollout) -> dict[str, float]:
+        """PPO epochs over minibatches of one rollout (step 5). Returns the loss statistics, token means over
+        every epoch, minibatch and process.
+
+        Each minibatch's loss is the mean over all its valid tokens on every process: a micro-batch contributes
+        ``sum of its token losses / (tokens of the global minibatch / processes)``, and DDP's gradient average over
+        the processes completes the mean. Gradients are all-reduced once per minibatch (``no_sync`` on the other
+        micro-batches).
+        """
         args = self.args
         self.wrapper.train()
-        stats = defaultdict(list)
-        n = data["query_responses"].shape[0]
+        sums: dict[str, tuple[list, list]] = defaultdict(lambda: ([], []))
+        n = data.query_responses.shape[0]
         micro = args.per_device_train_batch_size
+        world = self.accelerator.num_processes
         for _ in range(args.num_ppo_epochs):
             order = torch.randperm(n).tolist()
             for mb_start in range(0, n, args.mini_batch_size):
                 mb = order[mb_start:mb_start + args.mini_batch_size]
+                mb_tokens = self._reduce_sum(data.mask[torch.tensor(mb, device=data.mask.device)].sum())
+                normaliser = (mb_tokens / world).clamp(min=1.0)
                 self.optimizer.zero_grad()
-                for mc_start in range(0, len(mb), micro):
+                starts = list(range(0, len(mb), micro))
+                for mc_start in starts:
                     idx = torch.tensor(mb[mc_start:mc_start + micro], device=self.accelerator.device)
-                    m = data["mask"][idx]
-                    new_logprobs, entropy, new_values = self.wrapper(
-                        data["query_responses"][idx], data["attention_mask"][idx], data["context_length"],
-                        args.temperature)
-                    pg_loss, pg_stats = ppo_policy_loss(new_logprobs, data["logprobs"][idx],
-                                                        data["advantages"][idx], m, args.cliprange)
-                    loss = pg_loss
-                    if self.use_value_model:
-                        vf_loss, vf_stats = ppo_value_loss(new_values, data["values"][idx], data["returns"][idx], m,
-                                                           args.cliprange_value)
-                        loss = pg_loss + args.vf_coef * vf_loss
-                        stats["loss/value"].append(vf_loss.item())
-                        stats["value/clipfrac"].append(vf_stats["clipfrac"].item())
-                        stats["value/error"].append(vf_stats["error"].item())
-                    self.accelerator.backward(loss * len(idx) / len(mb))
-                    stats["loss/policy"].append(pg_loss.item())
-                    stats["policy/clipfrac"].append(pg_stats["clipfrac"].item())
-                    stats["policy/approxkl"].append(pg_stats["approxkl"].item())
-                    stats["policy/ratio"].append(pg_stats["ratio"].item())
+                    m = data.mask[idx]
+                    sync = contextlib.nullcontext() if mc_start == starts[-1] else self.accelerator.no_sync(self.wrapper)
+                    with sync:
+                        new_logprobs, _, new_values = self.wrapper(data.query_responses[idx], data.attention_mask[idx],
+                                                                   data.context_length, args.temperature)
+                        pg_loss, pg_stats = ppo_policy_loss(new_logprobs, data.logprobs[idx], data.advantages[idx], m,
+                                                            args.cliprange, num_tokens=normaliser)
+                        loss = pg_loss
+                        tokens = m.sum()
+                        if self.use_value_model:
+                            vf_loss, vf_stats = ppo_value_loss(new_values, data.values[idx], data.returns[idx], m,
+                                                               args.cliprange_value, num_tokens=normaliser)
+                            loss = pg_loss + args.vf_coef * vf_loss
+                            for key, value in (("loss/value", vf_loss * normaliser / tokens.clamp(min=1)),
+                                               ("value/clipfrac", vf_stats["clipfrac"]),
+                                               ("value/error", vf_stats["error"])):
+                                sums[key][0].append(value.detach() * tokens)
+                                sums[key][1].append(tokens)
+                        self.accelerator.backward(loss)
+                    for key, value in (("loss/policy", pg_loss * normaliser / tokens.clamp(min=1)),
+                                       ("policy/clipfrac", pg_stats["clipfrac"]),
+                                       ("policy/approxkl", pg_stats["approxkl"]), ("policy/ratio", pg_stats["ratio"])):
+                        sums[key][0].append(value.detach() * tokens)
+                        sums[key][1].append(tokens)
                 if args.max_grad_norm and args.max_grad_norm > 0:
                     self.accelerator.clip_grad_norm_(self.wrapper.parameters(), args.max_grad_norm)
                 self.optimizer.step()
                 self.lr_scheduler.step()
-        return {k: sum(v) / len(v) for k, v in stats.items()}
+        return self._global_means({k: (torch.stack(v), torch.stack(w)) for k, (v, w) in sums.items()})
 
     # -- loop ------------------------------------------------------------------------------------------------
+    def _rollout_metrics(self, data: Rollout) -> dict[str, float]:
+        """The logged rollout statistics, over the global batch (every process)."""
+        ones = torch.ones_like(data.raw_scores)
+        terms = {
+            "objective/scores": (data.raw_scores, ones),
+            "objective/kl": (data.kl.sum(1), ones),
+            "objective/entropy": (data.entropy * data.mask, data.mask),
+            "objective/non_score_reward": (data.non_score_reward, ones),
+            "objective/rlhf_reward": (data.scores + data.non_score_reward, ones),
+            "response/length": (data.mask.sum(1), ones),
+            "response/eos_rate": (data.has_eos.float(), ones),
+        }
+        if self.use_value_model:
+            terms["value/mean"] = (data.values * data.mask, data.mask)
+        return self._global_means(terms)
+
     def train(self, resume_from_checkpoint: str | None = None) -> list[dict]:
         """Run ``num_updates`` PPO updates, checkpointing every ``save_steps``; returns the log history.
+
+        Every update's metrics go to ``log_history`` (and ``trainer_state.json``); every ``logging_steps`` they
+        are also printed and sent to the ``report_to`` integrations. ``logging_steps`` and ``save_steps`` below 1
+        are fractions of the run, as in `transformers.TrainingArguments`.
 
         Args:
             resume_from_checkpoint (`str`, *optional*): a ``checkpoint-N`` folder written by this trainer; the
@@ -505,55 +793,57 @@ class PPOTrainer:
         args = self.args
         if resume_from_checkpoint:
             self._load_checkpoint(resume_from_checkpoint)
+        self.state.global_step = self.global_step
+        self.control = self.callback_handler.on_train_begin(args, self.state, self.control)
         bar = tqdm(total=self.num_updates, initial=self.global_step,
                    desc="PPO" if self.use_value_model else "REINFORCE++",
-                   disable=not self.accelerator.is_local_main_process)
+                   disable=not self.accelerator.is_local_main_process, dynamic_ncols=True)
         while self.global_step < self.num_updates:
             start = time.perf_counter()
-            batch = self.train_dataset[self._batch_indices(self.global_step)]
-            data = self.rollout(batch)
+            indices = self._batch_indices(self.global_step)
+            data = self.rollout(self.train_dataset[indices], indices)
             train_start = time.perf_counter()
             opt_stats = self.optimize(data)
             train_time = time.perf_counter() - train_start
             self.global_step += 1
             self.episode += self.batch_size
-            mean_kl = data["kl"].sum(1).mean().item()
-            self.kl_ctl.update(mean_kl, self.batch_size)
-            n_tokens = data["query_responses"].numel()
-            lengths = data["mask"].sum(1)
+            rollout_stats = self._rollout_metrics(data)
+            self.kl_ctl.update(rollout_stats["objective/kl"], self.batch_size)  # the global mean KL
+            n_tokens = data.query_responses.numel()
             log = {
                 "step": self.global_step,
                 "episode": self.episode,
-                "objective/scores": data["raw_scores"].mean().item(),
-                "objective/kl": mean_kl,
-                "objective/entropy": masked_mean(data["entropy"], data["mask"]).item(),
-                "objective/non_score_reward": data["non_score_reward"].mean().item(),
-                "objective/rlhf_reward": (data["scores"] + data["non_score_reward"]).mean().item(),
+                **rollout_stats,
                 **opt_stats,
-                **({"value/mean": masked_mean(data["values"], data["mask"]).item()} if self.use_value_model else {}),
-                "response/length": lengths.mean().item(),
-                "response/eos_rate": data["has_eos"].float().mean().item(),
                 "kl_coef": self.kl_ctl.value,
                 "learning_rate": self.lr_scheduler.get_last_lr()[0],
-                "time/generate": data["timings"]["generate"],
-                "time/score": data["timings"]["score"],
-                "time/forward": data["timings"]["forward"],
+                # timings are this process's (the main one's in the log)
+                "time/generate": data.timings["generate"],
+                "time/score": data.timings["score"],
+                "time/forward": data.timings["forward"],
                 "time/train": train_time,
                 "time/step": time.perf_counter() - start,
                 "tokens_per_second": n_tokens * (1 + args.num_ppo_epochs) / (time.perf_counter() - start),
             }
             self.log_history.append(log)
-            if self.accelerator.is_main_process and args.logging_strategy != "no" and self.global_step % max(
-                    1, int(args.logging_steps)) == 0:
-                bar.write(json.dumps({k: float(f"{v:.4g}") if isinstance(v, float) else v for k, v in log.items()}))
-                for text in data["texts"][: args.num_sample_generations]:
-                    bar.write(f"  sample: {text[:200]!r}")
-            bar.set_postfix(score=f"{log['objective/scores']:.3f}", kl=f"{mean_kl:.3f}")
+            self.state.global_step, self.state.epoch = self.global_step, self.episode / len(self.train_dataset)
+            if args.logging_strategy != "no" and self.global_step % self.logging_every == 0:
+                if self.accelerator.is_main_process:
+                    bar.write(json.dumps({k: float(f"{v:.4g}") if isinstance(v, float) else v
+                                          for k, v in log.items()}))
+                    for text in data.texts[: args.num_sample_generations]:
+                        bar.write(f"  sample: {text[:200]!r}")
+                self.control = self.callback_handler.on_log(args, self.state, self.control,
+                                                            {k: v for k, v in log.items() if k != "step"})
+            bar.set_postfix(score=f"{log['objective/scores']:.3f}", kl=f"{log['objective/kl']:.3f}",
+                            loss=f"{log['loss/policy']:.3g}")
             bar.update(1)
-            if args.save_strategy != "no" and args.save_steps and self.global_step % int(args.save_steps) == 0 \
+            self.control = self.callback_handler.on_step_end(args, self.state, self.control)
+            if args.save_strategy != "no" and self.global_step % self.save_every == 0 \
                     and self.global_step < self.num_updates:
                 self._save_checkpoint()
         bar.close()
+        self.control = self.callback_handler.on_train_end(args, self.state, self.control)
         return self.log_history
 
     # -- saving ----------------------------------------------------------------------------------------------

@@ -1,0 +1,104 @@
+"""Data parallel on the CPU: 2 processes (``accelerate launch``, DDP over gloo) with per-process batch b train as
+1 process with batch 2b, for SFT, DPO, PPO and REINFORCE++ (``tests/multiprocess_worker.py`` runs them).
+
+Tolerances: the two runs see the same examples in the same optimizer steps; only the floating-point summation
+order differs (per-process partial sums, gloo's all-reduce), so losses agree to 1e-5 relative and weights to
+1e-5 absolute, against updates of 2e-3 (SFT, DPO: AdamW at lr 1e-3 for 3 steps) to 1e-2 (PPO).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+REPO = Path(__file__).resolve().parents[1]
+WORKER = REPO / "tests" / "multiprocess_worker.py"
+GLOBAL_BATCH = 4
+STAGES = ("sft", "dpo", "ppo", "reinforce_pp")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _run(command: list[str], log: Path) -> None:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    with open(log, "w") as f:
+        proc = subprocess.run(command, cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT, timeout=900)
+    assert proc.returncode == 0, f"{' '.join(command)} failed; see its output:\n{log.read_text()[-4000:]}"
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, tiny_model_dir) -> dict[int, Path]:
+    """The worker once on 1 process and once on 2 (the accelerate config of the README's multi-CPU command)."""
+    root = tmp_path_factory.mktemp("multiprocess")
+    one, two = root / "one", root / "two"
+    _run([sys.executable, str(WORKER), str(one), str(tiny_model_dir), str(GLOBAL_BATCH)], root / "one.log")
+    accelerate = Path(sys.executable).with_name("accelerate")
+    _run([str(accelerate), "launch", "--config_file", str(REPO / "config/accelerate/multi_cpu.yaml"),
+          "--num_processes", "2", "--main_process_port", str(_free_port()), str(WORKER), str(two),
+          str(tiny_model_dir), str(GLOBAL_BATCH)], root / "two.log")
+    return {1: one, 2: two}
+
+
+def record(run: Path, stage: str, rank: int = 0) -> dict:
+    return json.loads((run / f"{stage}-rank{rank}.json").read_text())
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_two_processes_train_as_one_with_twice_the_batch(runs, stage):
+    one, two = record(runs[1], stage), record(runs[2], stage)
+    loss_key = "loss" if stage in ("sft", "dpo") else "loss/policy"
+    assert len(one[loss_key]) == 3
+    torch.testing.assert_close(torch.tensor(two[loss_key]), torch.tensor(one[loss_key]), rtol=1e-5, atol=1e-6)
+    a, b = load_file(runs[1] / stage / "model.safetensors"), load_file(runs[2] / stage / "model.safetensors")
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=0, atol=1e-5, msg=f"{stage}: {name}")
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_learning_rate_schedule_is_the_single_process_one(runs, stage):
+    """The LR of every step equals one process's (accelerate used to step our PPO scheduler once per process)."""
+    one, two = record(runs[1], stage), record(runs[2], stage)
+    assert two["learning_rate"] == pytest.approx(one["learning_rate"]) and one["learning_rate"][-1] < one[
+        "learning_rate"][0]
+
+
+@pytest.mark.parametrize("stage", ["ppo", "reinforce_pp"])
+def test_ppo_statistics_are_global(runs, stage):
+    """The adaptive KL coefficient and the logged metrics are those of the global batch, identical on both ranks
+    and equal to one process's (they were rank-local); the value loss too (PPO)."""
+    one = record(runs[1], stage)
+    ranks = [record(runs[2], stage, r) for r in (0, 1)]
+    for key in ("kl_coef", "objective/scores", "objective/kl", "response/length", "loss/value"):
+        assert ranks[0][key] == ranks[1][key], key
+        torch.testing.assert_close(torch.tensor(ranks[0][key]), torch.tensor(one[key]), rtol=1e-5, atol=1e-6)
+    assert ranks[0]["final_kl_coef"] == ranks[1]["final_kl_coef"] == pytest.approx(one["final_kl_coef"])
+    assert one["final_kl_coef"] != 0.05  # the controller moved it
+
+
+@pytest.mark.parametrize("stage", ["ppo", "reinforce_pp"])
+def test_gradients_are_all_reduced_once_per_optimizer_step(runs, stage):
+    """2 micro-batches per optimizer step: DDP reduces gradients in the second backward only (no_sync on the first)."""
+    for rank in (0, 1):
+        r = record(runs[2], stage, rank)
+        assert r["backward_calls"] == 12  # 3 updates x 2 PPO epochs x 2 micro-batches
+        assert r["all_reduce_in_backward"] == [2, 4, 6, 8, 10, 12]
+
+
+def test_a_dataset_smaller_than_the_global_rollout_batch_says_what_to_change(runs):
+    assert record(runs[1], "small")["error"] is None  # 3 prompts are enough for one process with batch 2
+    for rank in (0, 1):
+        error = record(runs[2], "small", rank)["error"]
+        assert error.startswith("ConfigError") and "2 processes" in error and "Fix:" in error
