@@ -12,4 +12,11 @@ merging and a fused Triton RMSNorm. Layers, bottom up (a module imports only tho
 - ``stages``, ``report``; then ``pipeline``, ``compare``; ``cli`` on top.
 """
 
+import logging as _logging
+
 __version__ = "0.1.0"
+
+# bitsandbytes (imported with transformers and TRL) tries at import, on AVX512-BF16 CPUs, to fetch an optional
+# 4-bit CPU kernel through the `kernels` package from the Hub and warns (three times per process) when it cannot; it
+# then uses its own kernel, which is what an offline machine needs. The warning is noise in every command.
+_logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(_logging.ERROR)

@@ -28,7 +28,8 @@ class BenchPPOArguments:
     steps: int = field(default=1, metadata={"help": "Timed PPO updates per setting."})
     warmup: int = field(default=1, metadata={"help": "Untimed updates first (allocator, kernel selection)."})
     num_ppo_epochs: int = field(default=2, metadata={"help": "PPO epochs per update, as in config/ppo/default.yaml."})
-    bf16: bool = field(default=True, metadata={"help": "bf16 autocast (the default of our PPO)."})
+    bf16: bool | None = field(default=None, metadata={
+        "help": "bf16 autocast; default: where the hardware runs it natively (open_rlhf.hardware), as our PPO."})
     csv: str = field(default="bench_results/bench_ppo.csv", metadata={"help": "CSV the rows are appended to."})
 
 
