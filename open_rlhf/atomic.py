@@ -59,41 +59,32 @@ def publish_entries(source: Path, target: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_output_dir(output_dir: str | Path, exist_ok: bool = False) -> Iterator[Path]:
-    """Yield a fresh temporary folder; publish its content as ``output_dir`` when the block succeeds.
+def atomic_output_dir(output_dir: str | Path) -> Iterator[Path]:
+    """Yield a fresh temporary folder next to ``output_dir``; rename it to ``output_dir`` when the block succeeds,
+    so ``output_dir`` appears complete or not at all (e.g. a merged model). On any exception the temporary folder is
+    deleted and ``output_dir`` is never created.
 
-    On any exception the temporary folder is deleted and what ``output_dir`` held is left as it was.
-
-    - ``exist_ok=False`` (a new folder, e.g. a merged model): the temporary folder lies next to ``output_dir``
-      and is renamed to it in one step, so ``output_dir`` appears complete or not at all.
-    - ``exist_ok=True`` (a stage's final model, into the folder that holds its checkpoints): the temporary
-      folder lies inside ``output_dir`` and each of its entries is renamed into place (a same-named entry from
-      an earlier interrupted publish of this same content is replaced); other entries (checkpoints) are not
-      touched. Write a completion marker after the block to tell a complete folder from an interrupted one.
+    A stage's final model goes into the folder that already holds its checkpoints instead: see
+    `open_rlhf.outputs.save_final`, which publishes with `publish_entries` behind a completion marker.
 
     Args:
-        output_dir (`str` or `Path`): the final folder.
-        exist_ok (`bool`): whether ``output_dir`` may exist already (see above).
+        output_dir (`str` or `Path`): the final folder; it must not exist.
 
     Raises:
-        FileExistsError: with ``exist_ok=False``, when ``output_dir`` exists (before, or in a race, after the
-            block): a folder is never overwritten.
+        FileExistsError: when ``output_dir`` exists (before, or in a race, after the block): a folder is never
+            overwritten.
     """
     target = Path(output_dir)
-    if not exist_ok and target.exists():
+    if target.exists():
         raise FileExistsError(f"{target} already exists; refusing to overwrite it. Pass a new output folder or "
                               "move the old one away yourself.")
-    parent = target if exist_ok else target.parent
-    parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=parent))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
         yield tmp
         os.chmod(tmp, 0o755)  # mkdtemp makes it private; the result is an ordinary shared folder
-        if exist_ok:
-            publish_entries(tmp, target)
-        else:
-            if target.exists():
-                raise FileExistsError(f"{target} appeared while it was being written; refusing to overwrite it.")
-            os.replace(tmp, target)
+        if target.exists():
+            raise FileExistsError(f"{target} appeared while it was being written; refusing to overwrite it.")
+        os.replace(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -13,6 +13,9 @@ from pathlib import Path
 
 import torch
 
+from open_rlhf.atomic import append_csv
+from open_rlhf.hardware import describe_cpu
+
 
 def matmul_gflops(dtype: torch.dtype = torch.float32, n: int = 2048, repeats: int = 5) -> float:
     """Measured dense matmul throughput of this machine (``(n, n) @ (n, n)``, best of ``repeats``), GFLOP/s.
@@ -61,8 +64,6 @@ def machine_context() -> dict:
     import transformers
     import trl
 
-    from open_rlhf.hardware import describe_cpu
-
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu x{torch.get_num_threads()}"
     return {"date": time.strftime("%Y-%m-%d %H:%M"), "device": device, "cpu": describe_cpu(),
             "machine": platform.processor() or platform.machine(),
@@ -75,9 +76,8 @@ def report(rows: list[dict], columns: list[str], title: str, csv_path: str | Pat
     Returns:
         `Path`: the CSV file (earlier rows kept; `open_rlhf.atomic.append_csv`).
     """
-    from open_rlhf.atomic import append_csv
-
-    print_table(rows, columns, title=f"{title}\n{machine_context()['cpu'] if not torch.cuda.is_available() else ''}")
-    path = append_csv(rows, csv_path, {**machine_context(), "model": model})
+    context = machine_context()
+    print_table(rows, columns, title=f"{title}\n{context['device'] if torch.cuda.is_available() else context['cpu']}")
+    path = append_csv(rows, csv_path, {**context, "model": model})
     print(f"rows appended to {path}")
     return path

@@ -3,7 +3,7 @@ atomically behind a completion marker.
 
 Rules: an output_dir is never deleted; a stage resumes from its last ``checkpoint-N``; a folder that holds a
 finished stage (`COMPLETE_MARKER`) refuses to be trained into again; the final model is moved into place only
-once it is completely written (`open_rlhf.atomic.atomic_output_dir`), and the marker is written last.
+once it is completely written (`open_rlhf.atomic.publish_entries`), and the marker is written last.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from open_rlhf.atomic import atomic_output_dir, atomic_write_text, publish_entries
+from open_rlhf.atomic import atomic_write_text, publish_entries
 from open_rlhf.errors import OutputDirError
 from open_rlhf.memory import peak_memory
 
@@ -63,22 +63,19 @@ def save_final(output_dir: str | Path, save_fn: Callable[[Path], None], info: di
 
     state = PartialState()
     output_dir = Path(output_dir)
-    if state.num_processes == 1:
-        with atomic_output_dir(output_dir, exist_ok=True) as tmp:
-            save_fn(tmp)
-    else:
-        # Every process calls save_fn into one shared folder (sharded FSDP/DeepSpeed saves need all of them;
-        # the trainers write on the main process only), then the main process publishes it.
-        tmp = output_dir / FINAL_TMP
-        if state.is_main_process:
-            shutil.rmtree(tmp, ignore_errors=True)  # only our own leftover of an interrupted final save
-            tmp.mkdir(parents=True)
-        state.wait_for_everyone()
-        save_fn(tmp)
-        state.wait_for_everyone()
-        if state.is_main_process:
-            publish_entries(tmp, output_dir)
-            tmp.rmdir()
+    # Every process calls save_fn into one shared folder (sharded FSDP/DeepSpeed saves need all of them; the
+    # trainers write on the main process only), then the main process publishes it. With one process the
+    # barriers are no-ops.
+    tmp = output_dir / FINAL_TMP
+    if state.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)  # only our own leftover of an interrupted final save
+        tmp.mkdir(parents=True)
+    state.wait_for_everyone()
+    save_fn(tmp)
+    state.wait_for_everyone()
+    if state.is_main_process:
+        publish_entries(tmp, output_dir)
+        tmp.rmdir()
     if state.is_main_process:
         atomic_write_text(output_dir / COMPLETE_MARKER,
                           json.dumps({"finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"), **peak_memory(), **info},

@@ -109,8 +109,8 @@ def relay_output(source: BinaryIO | int, terminal: BinaryIO | None, log: TextIO,
         terminal (`BinaryIO`, *optional*): where the raw bytes go, flushed after every read
             (``sys.stdout.buffer``, `stdout_buffer`); None to relay nothing.
         log (`TextIO`): gets every finished line as it last looked on the screen (`_ScreenLine`: the redraws
-            after each ``\\r`` applied, escape sequences dropped once erase-in-line is applied), flushed as soon as a line ends; the unfinished last
-            line too (unless blank), at end of file.
+            after each ``\\r`` and erase-in-line applied, other escape sequences dropped), flushed as soon as a
+            line ends; the unfinished last line too (unless blank), at end of file.
         chunk_size (`int`): the most bytes one read takes.
         tail (`int`): how many of the last non-empty lines to return.
 

@@ -35,6 +35,7 @@ from open_rlhf.config import (
     SFTConfig,
 )
 from open_rlhf.logs import setup_logging
+from open_rlhf.progress import use_stage_progress
 
 logger = logging.getLogger(__name__)
 
@@ -209,8 +210,6 @@ def _build_trainer(spec: StageSpec, loaded: dict, training_args, model_args, tra
                             processing_class=loaded["tokenizer"], peft_config=get_peft_config(model_args), **kwargs)
     if reward is not None:
         reward.to(trainer.accelerator.device)  # a reward model scores where the policy runs (TRL leaves callables)
-    from open_rlhf.progress import use_stage_progress
-
     use_stage_progress(trainer, spec.name)
     return trainer
 

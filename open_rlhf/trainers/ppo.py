@@ -292,10 +292,11 @@ def token_values(
     The value of the state before response token ``t`` is the scalar head applied to the hidden state at
     position ``P + t - 1`` (the last token the policy had seen when it sampled token ``t``).
 
+    ``value_model`` must have a scalar ``score`` head (`check_value_model`; `PPOTrainer` checks it once).
+
     Returns:
         `torch.Tensor` of shape `(B, R)`.
     """
-    check_value_model(value_model)
     backbone = getattr(value_model, value_model.base_model_prefix)
     hidden = backbone(input_ids=query_responses, attention_mask=attention_mask,
                       position_ids=_position_ids(attention_mask), use_cache=False).last_hidden_state
@@ -740,20 +741,18 @@ class PPOTrainer:
                                                             args.cliprange, num_tokens=normaliser)
                         loss = pg_loss
                         tokens = m.sum()
+                        # the micro-batch's token means (its losses un-normalised), weighted by its tokens below
+                        means = {"loss/policy": pg_loss * normaliser / tokens.clamp(min=1),
+                                 **{f"policy/{k}": v for k, v in pg_stats.items()}}
                         if self.use_value_model:
                             vf_loss, vf_stats = ppo_value_loss(new_values, data.values[idx], data.returns[idx], m,
                                                                args.cliprange_value, num_tokens=normaliser)
                             loss = pg_loss + args.vf_coef * vf_loss
-                            for key, value in (("loss/value", vf_loss * normaliser / tokens.clamp(min=1)),
-                                               ("value/clipfrac", vf_stats["clipfrac"]),
-                                               ("value/error", vf_stats["error"])):
-                                sums[key][0].append(value.detach() * tokens)
-                                sums[key][1].append(tokens)
+                            means |= {"loss/value": vf_loss * normaliser / tokens.clamp(min=1),
+                                      **{f"value/{k}": v for k, v in vf_stats.items()}}
                         self.accelerator.backward(loss)
-                    for key, value in (("loss/policy", pg_loss * normaliser / tokens.clamp(min=1)),
-                                       ("policy/clipfrac", pg_stats["clipfrac"]),
-                                       ("policy/approxkl", pg_stats["approxkl"]), ("policy/ratio", pg_stats["ratio"])):
-                        sums[key][0].append(value.detach() * tokens)
+                    for key, mean in means.items():
+                        sums[key][0].append(mean.detach() * tokens)
                         sums[key][1].append(tokens)
                 if args.max_grad_norm and args.max_grad_norm > 0:
                     self.accelerator.clip_grad_norm_(self.wrapper.parameters(), args.max_grad_norm)
