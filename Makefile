@@ -5,6 +5,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 SHARED ?= ../shared/data
 RUN ?= default
+# The capability gate's lm-eval subset reads the shared public data; without it the gate skips lm-eval
+GATE_DATA := $(if $(wildcard $(SHARED)/arc/arc_easy.jsonl),--data_dir $(SHARED),--gate_tasks "")
 
 .PHONY: setup model pipeline pipeline-dpo pipeline-real pipeline-real-methods compare test test-slow lint bench clean-venv
 
@@ -25,26 +27,26 @@ model: $(STAMP)
 	$(PY) -m open_rlhf.models
 
 pipeline: setup
-	$(PY) scripts/run_pipeline.py --config config/pipeline/default.yaml --run_name $(RUN)
+	$(PY) scripts/run_pipeline.py --config config/pipeline/default.yaml --run_name $(RUN) $(GATE_DATA)
 
 pipeline-dpo: setup
-	$(PY) scripts/run_pipeline.py --config config/pipeline/default.yaml --method dpo --run_name $(RUN)-dpo
+	$(PY) scripts/run_pipeline.py --config config/pipeline/default.yaml --method dpo --run_name $(RUN)-dpo $(GATE_DATA)
 
 # The same pipeline on the real public data in ../shared/data (hh-rlhf pairs, GSM8K), tiny step counts.
 pipeline-real: setup
 	$(PY) scripts/run_pipeline.py --config config/pipeline/real_ci.yaml \
 		--sft_dataset $(SHARED)/gsm8k/train.jsonl \
 		--preference_dataset $(SHARED)/hh-rlhf/harmless-base/test.jsonl.gz \
-		--rl_dataset $(SHARED)/gsm8k/test.jsonl --run_name real-ci
+		--rl_dataset $(SHARED)/gsm8k/test.jsonl --run_name real-ci --data_dir $(SHARED)
 
 # RLVR (GRPO + math-verify reward on GSM8K) and KTO (hh-rlhf pairs, unpaired) from pipeline-real's SFT policy.
 REAL_TINY := --max_steps 2 --per_device_train_batch_size 2 --gradient_accumulation_steps 1 --save_steps 1
 pipeline-real-methods: pipeline-real
 	$(PY) scripts/run_pipeline.py --config config/pipeline/real_ci.yaml --method grpo \
-		--sft_model_path runs/real-ci/sft --rl_dataset $(SHARED)/gsm8k/test.jsonl --run_name real-ci-grpo \
+		--sft_model_path runs/real-ci/sft --rl_dataset $(SHARED)/gsm8k/test.jsonl --run_name real-ci-grpo --data_dir $(SHARED) \
 		--method_args "$(REAL_TINY) --num_generations 2 --max_completion_length 32"
 	$(PY) scripts/run_pipeline.py --config config/pipeline/real_ci.yaml --method kto \
-		--sft_model_path runs/real-ci/sft --rl_dataset $(SHARED)/gsm8k/test.jsonl --run_name real-ci-kto \
+		--sft_model_path runs/real-ci/sft --rl_dataset $(SHARED)/gsm8k/test.jsonl --run_name real-ci-kto --data_dir $(SHARED) \
 		--preference_dataset $(SHARED)/hh-rlhf/harmless-base/test.jsonl.gz \
 		--method_args "$(REAL_TINY) --max_length 384"
 

@@ -88,7 +88,8 @@ class CompareArguments:
             sft_args=self.sft_args, reward_args=self.reward_args,
             method_args=" ".join([self.method_args, self.offline_args if METHODS[method].data == "preference"
                                   else self.online_args]).strip(),
-            evaluate=False, eval_prompts=self.eval_prompts, split_seed=self.split_seed)
+            evaluate=False, eval_prompts=self.eval_prompts, split_seed=self.split_seed,
+            gate=False)  # the comparison evaluates every method, regressions included: nothing is rolled back
 
 
 def win_rate(scores: list[float], baseline_scores: list[float]) -> float:

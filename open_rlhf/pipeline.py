@@ -111,10 +111,25 @@ class PipelineArguments:
     eval_base_model: bool = field(default=True, metadata={"help": "Also evaluate the starting model."})
     report_samples: int = field(default=4, metadata={"help": "Sample generations shown side by side."})
     split_seed: int = field(default=42, metadata={"help": "Seed of every train/eval split (the same in all stages)."})
+    data_dir: str | None = field(
+        default=None, metadata={"help": "The local public data (../shared/data): the gate's lm-eval tasks read it."})
+    # Capability gate (open_rlhf.gate): after each policy stage; --no_gate turns it off
+    gate: bool = field(default=True, metadata={"help": "Gate each policy stage (reject and roll back regressions)."})
+    gate_prompts: int = field(
+        default=32, metadata={"help": "Held-out prompts of the gate: the first of the eval_prompts (at most all)."})
+    gate_max_accuracy_drop: float | None = field(default=0.10, metadata={"help": "Largest task-accuracy drop."})
+    gate_max_eos_rate_drop: float | None = field(default=0.20, metadata={"help": "Largest EOS-rate drop."})
+    gate_max_kl: float | None = field(
+        default=10.0, metadata={"help": "Largest KL(new || input) in nats/seq (not checked for SFT)."})
+    gate_tasks: str = field(default="", metadata={"help": "lm-eval tasks of the gate, comma-separated (e.g. arc_easy)."})
+    gate_task_limit: int = field(default=50, metadata={"help": "Documents per gate lm-eval task."})
+    gate_max_benchmark_drop: float | None = field(default=0.10, metadata={"help": "Largest lm-eval score drop."})
 
     def __post_init__(self):
         if self.method not in METHODS:
             raise ConfigError(f"--method must be one of {', '.join(METHODS)}, got {self.method!r}.")
+        if self.gate and self.gate_prompts <= 0:
+            raise ConfigError(f"--gate_prompts must be > 0, got {self.gate_prompts} (or pass --no_gate).")
         if self.reward is not None and METHODS[self.method].reward is None:
             raise ConfigError(f"--reward is for RL methods; --method {self.method} learns from preference data. "
                              "Drop --reward, or pick one of: "
@@ -139,6 +154,15 @@ class PipelineArguments:
         return Path(self.sft_model_path) if self.sft_model_path else self.run_dir / "sft"
 
     @property
+    def gate_task_list(self) -> list[str]:
+        return [t.strip() for t in self.gate_tasks.split(",") if t.strip()]
+
+    @property
+    def policy_stages(self) -> list[str]:
+        """The stages that produce a policy (the gate checks these): SFT unless given, and the method."""
+        return ([] if self.sft_model_path else ["sft"]) + [self.method]
+
+    @property
     def reward_path(self) -> Path | None:
         if self.reward_model_path:
             return Path(self.reward_model_path)
@@ -155,13 +179,41 @@ def _resolve_reward_model(spec: str, reward_path: Path) -> str:
     return ",".join(t.text + (f":{reward_path}" if _bare_reward_model(t) else "") for t in parse_reward_spec(spec))
 
 
-def stage_plan(args: PipelineArguments) -> list[tuple[str, list[str]]]:
+def base_model(args: PipelineArguments) -> str:
+    """The starting model of the run (a folder or hub id; the embedded default model when none is given)."""
+    from open_rlhf.models import resolve_model_path
+
+    return resolve_model_path(args.model_name_or_path)
+
+
+def start_policy(args: PipelineArguments, state: dict | None = None) -> Path | str:
+    """The policy the stages after SFT start from: the SFT policy, or the base model when the gate rejected SFT."""
+    record = ((state or {}).get("gate") or {}).get("sft")
+    if record is not None and not record["accepted"]:
+        return record["input"]
+    return args.sft_path
+
+
+def final_policy(args: PipelineArguments, state: dict | None = None) -> str:
+    """The pipeline's result: the last policy stage's output, or with the gate, the last accepted policy."""
+    gates = (state or {}).get("gate") or {}
+    if not args.gate:
+        return str(args.run_dir / args.method)
+    current = str(args.sft_path) if args.sft_model_path else base_model(args)
+    for name in args.policy_stages:
+        record = gates.get(name)
+        if record is not None and record["accepted"]:
+            current = record["output"]
+    return current
+
+
+def stage_plan(args: PipelineArguments, state: dict | None = None) -> list[tuple[str, list[str]]]:
     """The stages of the run as ``(name, command)``: what `run_pipeline` executes, in order.
 
     SFT (unless ``sft_model_path``), the reward model (only for an RL reward that uses it, unless
     ``reward_model_path``), then the method's stage, named after the method. The preference and RL stages hold out
     ``eval_pairs`` pairs and ``eval_prompts`` prompts (same ``split_seed``), exactly the examples the final
-    evaluation uses.
+    evaluation uses. They start from the SFT policy, or (``state`` records the gate rejecting SFT) the base model.
     """
     run = args.run_dir
     method = METHODS[args.method]
@@ -175,7 +227,7 @@ def stage_plan(args: PipelineArguments) -> list[tuple[str, list[str]]]:
     plan = []
     if not args.sft_model_path:
         plan.append(("sft", cmd("train_sft.py", args.sft_config, args.sft_dataset, "sft", args.sft_args, *start)))
-    sft_path = ["--model_name_or_path", str(args.sft_path)]
+    sft_path = ["--model_name_or_path", str(start_policy(args, state))]
     if args.uses_reward_model and not args.reward_model_path:
         plan.append(("reward", cmd("train_reward.py", args.reward_config, args.preference_dataset, "reward",
                                    args.reward_args, *sft_path, "--eval_size", str(args.eval_pairs))))
@@ -258,24 +310,59 @@ def train_stages(args: PipelineArguments, only: set[str] | None = None) -> dict:
     state_path = run / "pipeline_state.json"
     state = json.loads(state_path.read_text()) if state_path.is_file() else {"stages": {}}
     state["args"] = asdict(args)
-    for name, command in stage_plan(args):
+    state.setdefault("gate", {})
+    for name in [n for n, _ in stage_plan(args, state)]:
         if only is not None and name not in only:
             continue
+        command = dict(stage_plan(args, state))[name]  # after the gate on SFT: it may start from the base model
         out_dir = run / name
         if outputs.is_complete(out_dir):
             print(f"=== stage {name}: already finished in {out_dir}, skipped", flush=True)
-            continue
-        seconds = _run_stage(name, command, out_dir)
-        state["stages"][name] = {"command": shlex.join(command), "wall_seconds": seconds}
-        atomic_write_text(state_path, json.dumps(state, indent=1))
+        else:
+            seconds = _run_stage(name, command, out_dir)
+            state["stages"][name] = {"command": shlex.join(command), "wall_seconds": seconds}
+            atomic_write_text(state_path, json.dumps(state, indent=1))
+        if args.gate and name in args.policy_stages and name not in state["gate"]:
+            start = time.perf_counter()
+            state["gate"][name] = _gate_stage(args, state, name, command)
+            state["gate"][name]["wall_seconds"] = time.perf_counter() - start
+            atomic_write_text(state_path, json.dumps(state, indent=1))
+        if name in state["gate"]:
+            from open_rlhf.gate import describe
+
+            print(f"=== {describe(state['gate'][name])}", flush=True)
+    state["final_policy"] = final_policy(args, state)
+    atomic_write_text(state_path, json.dumps(state, indent=1))
     return state
+
+
+def _gate_stage(args: PipelineArguments, state: dict, name: str, command: list[str]) -> dict:
+    """Run the capability gate (`open_rlhf.gate.run_gate`) on the finished policy stage ``name``."""
+    from open_rlhf import evaluation, gate
+
+    input_path = command[command.index("--model_name_or_path") + 1] if "--model_name_or_path" in command \
+        else base_model(args)
+    prompts, answers = evaluation.held_out_prompts(args.eval_dataset or args.rl_dataset, args.eval_prompts,
+                                                   args.split_seed)
+    prompts, answers = prompts[:args.gate_prompts], (answers[:args.gate_prompts] if answers else None)
+    earlier = [r for r in state["gate"].values() if r["output"] == str(input_path)]
+    print(f"=== gate: stage {name} ({input_path} -> {args.run_dir / name}) on {len(prompts)} held-out prompts"
+          + (f" and lm-eval {args.gate_tasks} (limit {args.gate_task_limit})" if args.gate_task_list else ""),
+          flush=True)
+    thresholds = gate.CapabilityThresholds(args.gate_max_accuracy_drop, args.gate_max_eos_rate_drop, args.gate_max_kl,
+                                           args.gate_max_benchmark_drop)
+    return gate.run_gate(name, str(input_path), args.run_dir / name, prompts, answers, thresholds,
+                         max_new_tokens=args.eval_max_new_tokens, batch_size=args.eval_batch_size,
+                         tasks=args.gate_task_list, data_dir=args.data_dir, task_limit=args.gate_task_limit,
+                         input_metrics=earlier[-1]["after"] if earlier else None, check_kl=name != "sft")
 
 
 def run_pipeline(args: PipelineArguments) -> Path:
     """Run (or continue) the whole pipeline and write ``<run_dir>/report.md`` with its plots.
 
     Returns:
-        `Path` of the report (with ``evaluate=False``: of the final policy's folder; nothing is evaluated).
+        `Path` of the report (with ``evaluate=False``: of the final policy, the last one the gate accepted;
+        nothing is evaluated).
 
     Raises:
         StageFailedError: when a stage fails (its error line and log path are in the message).
@@ -283,11 +370,12 @@ def run_pipeline(args: PipelineArguments) -> Path:
     run = args.run_dir
     state_path = run / "pipeline_state.json"
     pipeline_start = time.perf_counter()
+    check_gate_tasks(args)
     state = train_stages(args)
     if not args.evaluate:
         state["last_session_seconds"] = time.perf_counter() - pipeline_start
         atomic_write_text(state_path, json.dumps(state, indent=1))
-        return run / args.method
+        return Path(state["final_policy"])
     from open_rlhf.report import evaluate_run, write_report
 
     eval_path = run / "eval" / "results.json"
@@ -303,6 +391,20 @@ def run_pipeline(args: PipelineArguments) -> Path:
     report = write_report(args, [name for name, _ in stage_plan(args)])
     print(f"\nReport: {report}", flush=True)
     return report
+
+
+def check_gate_tasks(args: PipelineArguments) -> None:
+    """Check the gate's lm-eval tasks and their data before any stage trains (a typo fails in seconds).
+
+    Raises:
+        ConfigError, DataNotFoundError: for an unknown task or a missing data file (`open_rlhf.harness`).
+    """
+    if not (args.gate and args.gate_task_list):
+        return
+    from open_rlhf import harness
+
+    harness.set_offline()
+    harness.resolve_tasks(args.gate_task_list, harness.task_manager(None, args.data_dir), args.data_dir)
 
 
 def make_parser():

@@ -48,7 +48,7 @@ def evaluate_run(args) -> dict:
         dict: ``policies`` (per policy: accuracy, reward_score, response_length, eos_rate), ``kl_vs_sft``,
         ``reward_model`` (held-out accuracy and margins), ``samples`` (prompt, gold answer, each policy's text).
     """
-    from open_rlhf import evaluation, models
+    from open_rlhf import evaluation, gate, models
     from open_rlhf.rewards import RewardModelScorer
 
     run = args.run_dir
@@ -79,9 +79,14 @@ def evaluate_run(args) -> dict:
         if name == "base":
             del loaded[name]  # only the SFT and final policies are needed for KL
     tokenizer = models.load_tokenizer(str(policy_paths["sft"]))
-    results["kl_vs_sft"][final] = evaluation.kl_to_reference(
-        loaded[final], loaded["sft"], tokenizer, prompts, args.eval_max_new_tokens, args.eval_batch_size)
-    print(f"eval KL({final} || sft) = {results['kl_vs_sft'][final]:.3f} nats", flush=True)
+    problem = gate.nonfinite_parameters(loaded[final]) or gate.nonfinite_logits(loaded[final], tokenizer, prompts[0])
+    if problem:  # a broken policy (the gate rejected it) cannot be sampled from: no KL
+        results["kl_vs_sft"][final] = None
+        print(f"eval KL({final} || sft): not computed, the policy is broken ({problem})", flush=True)
+    else:
+        results["kl_vs_sft"][final] = evaluation.kl_to_reference(
+            loaded[final], loaded["sft"], tokenizer, prompts, args.eval_max_new_tokens, args.eval_batch_size)
+        print(f"eval KL({final} || sft) = {results['kl_vs_sft'][final]:.3f} nats", flush=True)
     del loaded
 
     results["samples"] = [
@@ -160,7 +165,7 @@ def plot_policy_comparison(results: dict, out: Path) -> Path:
             ax.text(i, v, f"{v:.3f}", ha="center", va="bottom", fontsize=8)
         ax.set_title(title, fontsize=10)
     ax = axes[0][-1]
-    kl = results["kl_vs_sft"]
+    kl = {name: value for name, value in results["kl_vs_sft"].items() if value is not None}
     ax.bar(list(kl), list(kl.values()), color="tab:red")
     for i, v in enumerate(kl.values()):
         ax.text(i, v, f"{v:.3f}", ha="center", va="bottom", fontsize=8)
@@ -175,6 +180,33 @@ def _fmt(value, spec=".3f") -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "n/a"
     return format(value, spec)
+
+
+def gate_section(state: dict) -> list[str]:
+    """The report's capability-gate section: per gated stage its checks, numbers, thresholds and verdict, and the
+    pipeline's final policy (`open_rlhf.gate`)."""
+    gates = state.get("gate") or {}
+    if not gates:
+        return ["## Capability gate", "", "Off for this run (`--no_gate`).", ""]
+    lines = ["## Capability gate", "",
+             "After each policy stage the new policy is compared with the one it started from on held-out prompts "
+             "(`open_rlhf.gate`); a stage that regresses beyond a threshold, or logs a non-finite loss, is rejected "
+             "and rolled back: later stages and the final policy use the last accepted policy, and the rejected "
+             "output is kept.", "",
+             "| stage | check | input | output | change | limit | result |", "|---|---|---:|---:|---:|---:|---|"]
+    for name, record in gates.items():
+        for c in record["checks"]:
+            lines.append(f"| {name} | {c['check']} | {_fmt(c['before'])} | "
+                         f"{_fmt(c['after']) if not isinstance(c['after'], str) else c['after']} | "
+                         f"{_fmt(c['change'], '+.3f')} | {_fmt(c['threshold']) if not isinstance(c['threshold'], str) else c['threshold']} | "
+                         f"{'pass' if c['passed'] else '**FAIL**'} |")
+    lines.append("")
+    for name, record in gates.items():
+        verdict = "accepted" if record["accepted"] else f"**rejected**: rolled back to `{record['input']}`; its output " \
+                                                        f"stays in `{record['output']}`"
+        lines.append(f"- `{name}` ({record['input']} -> {record['output']}): {verdict}.")
+    lines += ["", f"Final policy of the pipeline: **`{state.get('final_policy')}`**.", ""]
+    return lines
 
 
 def write_report(args, stage_names: list[str]) -> Path:
@@ -207,6 +239,7 @@ def write_report(args, stage_names: list[str]) -> Path:
     total += results.get("wall_seconds") or 0.0
     lines += ["", f"Total wall time of stages + evaluation: **{total / 60:.1f} min**.", ""]
     lines += ["![training curves](training_curves.png)", ""]
+    lines += gate_section(state)
 
     if results.get("reward_model"):
         rm = results["reward_model"]
@@ -220,9 +253,11 @@ def write_report(args, stage_names: list[str]) -> Path:
               "KL(policy || SFT) in nats.", "",
               "| policy | accuracy | reward-model score | KL to SFT | response length | EOS rate |",
               "|---|---:|---:|---:|---:|---:|"]
+    rejected = {n for n, r in (state.get("gate") or {}).items() if not r["accepted"]}
     for name, m in results["policies"].items():
         kl = 0.0 if name == "sft" else results["kl_vs_sft"].get(name)
-        lines.append(f"| {name} | {_fmt(m['accuracy'])} | {_fmt(m['reward_score'])} | {_fmt(kl)} | "
+        label = f"{name} (rejected by the gate)" if name in rejected else name
+        lines.append(f"| {label} | {_fmt(m['accuracy'])} | {_fmt(m['reward_score'])} | {_fmt(kl)} | "
                      f"{_fmt(m['response_length'], '.1f')} | {_fmt(m['eos_rate'], '.2f')} |")
     lines += ["", "![policy comparison](policy_comparison.png)", "", "## Sample generations", ""]
     for i, sample in enumerate(results["samples"], 1):

@@ -20,7 +20,7 @@ def tiny_args(tmp_path, model, method="ppo"):
         run_name="tiny", runs_dir=str(tmp_path), method=method, model_name_or_path=str(model),
         sft_args=f"--max_steps 2 {TINY_STAGE}", reward_args=f"--max_steps 2 {TINY_STAGE}",
         method_args=METHOD_ARGS[method],
-        eval_prompts=4, eval_pairs=4, eval_max_new_tokens=8, eval_batch_size=4, report_samples=2)
+        eval_prompts=4, eval_pairs=4, eval_max_new_tokens=8, eval_batch_size=4, report_samples=2, gate_prompts=4)
 
 
 def test_stage_plan_chains_outputs(tmp_path):

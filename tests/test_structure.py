@@ -77,7 +77,8 @@ def test_library_has_no_import_cycle():
 
 
 @pytest.mark.parametrize("leaf", ["open_rlhf.errors", "open_rlhf.atomic", "open_rlhf.memory", "open_rlhf.hardware",
-                                  "open_rlhf.logs", "open_rlhf.rl_math", "open_rlhf.tasks.gsm8k"])
+                                  "open_rlhf.logs", "open_rlhf.rl_math", "open_rlhf.tasks.gsm8k",
+                                  "open_rlhf.metrics"])
 def test_bottom_layer_imports_nothing_from_the_project(leaf):
     assert import_graph()[leaf] == set()
 
