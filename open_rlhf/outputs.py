@@ -96,3 +96,32 @@ def save_trainer(trainer, folder: Path) -> None:
     trainer.save_model(str(folder))
     if trainer.is_world_process_zero():
         trainer.state.save_to_json(str(Path(folder) / "trainer_state.json"))
+
+
+def new_results_dir(output_dir: str | None, kind: str, hint: str = "") -> Path:
+    """The folder for the results of an evaluation command (not created here): ``output_dir``, or a new
+    ``runs/<kind>/<UTC time>/``. Earlier results are never overwritten.
+
+    Args:
+        output_dir: the user's ``--output_dir`` (None: a new timestamped folder).
+        kind: ``eval``, ``safety``, ...: the folder under ``runs/`` and the command's name in messages.
+        hint: a sentence appended to the error (e.g. what in the old folder can be reused).
+
+    Raises:
+        OutputDirError: when ``output_dir`` exists and is not an empty folder.
+    """
+    from datetime import datetime, timezone
+
+    if output_dir is None:
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+        out, n = Path("runs") / kind / stamp, 1
+        while out.exists():
+            n += 1
+            out = Path("runs") / kind / f"{stamp}-{n}"
+        return out
+    out = Path(output_dir).expanduser()
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise OutputDirError(f"--output_dir {out} already exists and is not empty; results are never overwritten. "
+                             f"Fix: pass a new folder, or leave --output_dir out for runs/{kind}/<time>/." +
+                             (f" {hint}" if hint else ""))
+    return out

@@ -15,10 +15,9 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
-from open_rlhf.errors import ConfigError, OutputDirError, user_errors
+from open_rlhf.errors import ConfigError, user_errors
 
 RLHF_SETS = ("builtin", "gsm8k", "mt_bench", "self_instruct")
 
@@ -100,28 +99,6 @@ def check_args(args: argparse.Namespace) -> argparse.Namespace:
     return args
 
 
-def new_output_dir(output_dir: str | None, kind: str = "eval") -> Path:
-    """Create the results folder: ``output_dir``, or ``runs/<kind>/<UTC timestamp>/``.
-
-    Raises:
-        OutputDirError: when ``output_dir`` exists and is not empty (earlier results are never overwritten).
-    """
-    if output_dir is None:
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-        out = Path("runs") / kind / stamp
-        n = 1
-        while out.exists():
-            n += 1
-            out = Path("runs") / kind / f"{stamp}-{n}"
-    else:
-        out = Path(output_dir)
-        if out.exists() and (not out.is_dir() or any(out.iterdir())):
-            raise OutputDirError(f"--output_dir {out} already exists and is not empty; results are never "
-                                 "overwritten. Pass a new folder, or leave --output_dir out for a new runs/eval/<time>/.")
-    out.mkdir(parents=True, exist_ok=True)
-    return out
-
-
 def run_eval(args: argparse.Namespace) -> Path:
     """Run the benchmarks (and RLHF metrics) of ``args`` (from `make_parser`, checked by `check_args`).
 
@@ -130,7 +107,7 @@ def run_eval(args: argparse.Namespace) -> Path:
     Returns:
         `Path` of the results folder.
     """
-    from open_rlhf import harness
+    from open_rlhf import harness, outputs
 
     if not args.online:
         harness.set_offline()
@@ -143,7 +120,8 @@ def run_eval(args: argparse.Namespace) -> Path:
         from open_rlhf import rlhf_eval
 
         rlhf_eval.check_rlhf_inputs(args)
-    out = new_output_dir(args.output_dir)
+    out = outputs.new_results_dir(args.output_dir, "eval")
+    out.mkdir(parents=True, exist_ok=True)
     print(f"results -> {out}", flush=True)
     timings = {}
     if tasks:

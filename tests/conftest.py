@@ -29,6 +29,20 @@ def tiny_llama_config(tokenizer, **overrides):
     return LlamaConfig(**kwargs)
 
 
+def save_tiny_model(path: Path, tokenizer, seed: int, reward: bool = False, **overrides) -> Path:
+    """Save a tiny random Llama (a causal LM, or with ``reward`` a scalar-head reward model) and the tokenizer."""
+    from transformers import LlamaForCausalLM, LlamaForSequenceClassification
+
+    torch.manual_seed(seed)
+    if reward:
+        model = LlamaForSequenceClassification(tiny_llama_config(tokenizer, num_labels=1, **overrides))
+    else:
+        model = LlamaForCausalLM(tiny_llama_config(tokenizer, **overrides))
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory, tokenizer) -> Path:
     """A saved tiny random Llama (H=32, 2 layers) with the real tokenizer: a stand-in for the default model."""

@@ -15,7 +15,7 @@ import torch
 
 from open_rlhf import interpretability as interp
 from open_rlhf.errors import ConfigError
-from tests.conftest import tiny_llama_config
+from tests.conftest import save_tiny_model
 
 REPO = Path(__file__).resolve().parents[1]
 PROMPT = "The capital of France is"
@@ -32,14 +32,7 @@ def _script(name: str):
 @pytest.fixture(scope="module")
 def deeper_model_dir(tmp_path_factory, tokenizer) -> Path:
     """A second tiny Llama, another seed and 3 layers (a model of different depth, e.g. a policy to compare)."""
-    from transformers import LlamaForCausalLM
-
-    torch.manual_seed(1)
-    model = LlamaForCausalLM(tiny_llama_config(tokenizer, num_hidden_layers=3))
-    path = tmp_path_factory.mktemp("tiny-llama-3")
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
+    return save_tiny_model(tmp_path_factory.mktemp("tiny-llama-3"), tokenizer, seed=1, num_hidden_layers=3)
 
 
 @pytest.fixture(scope="module")

@@ -7,24 +7,17 @@ import csv
 import json
 
 import pytest
-import torch
 
 from open_rlhf import metrics
 from open_rlhf.run_eval import main
-from tests.conftest import tiny_llama_config
+from tests.conftest import save_tiny_model
 
 
 @pytest.fixture(scope="module")
 def second_model_and_reward_model(tmp_path_factory, tokenizer):
-    from transformers import LlamaForCausalLM, LlamaForSequenceClassification
-
     folder = tmp_path_factory.mktemp("rlhf-models")
-    torch.manual_seed(5)
-    LlamaForCausalLM(tiny_llama_config(tokenizer)).save_pretrained(folder / "policy_b")
-    tokenizer.save_pretrained(folder / "policy_b")
-    torch.manual_seed(6)
-    LlamaForSequenceClassification(tiny_llama_config(tokenizer, num_labels=1)).save_pretrained(folder / "rm")
-    tokenizer.save_pretrained(folder / "rm")
+    save_tiny_model(folder / "policy_b", tokenizer, seed=5)
+    save_tiny_model(folder / "rm", tokenizer, seed=6, reward=True)
     return folder / "policy_b", folder / "rm"
 
 
