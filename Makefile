@@ -8,7 +8,7 @@ RUN ?= default
 # The capability gate's lm-eval subset reads the shared public data; without it the gate skips lm-eval
 GATE_DATA := $(if $(wildcard $(SHARED)/arc/arc_easy.jsonl),--data_dir $(SHARED),--gate_tasks "")
 
-.PHONY: setup model pipeline pipeline-dpo pipeline-real pipeline-real-methods compare test test-slow lint bench clean-venv
+.PHONY: setup model pipeline pipeline-dpo pipeline-real pipeline-real-methods eval-real compare test test-slow lint bench clean-venv
 
 $(STAMP): requirements.txt requirements-test.txt pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -49,6 +49,18 @@ pipeline-real-methods: pipeline-real
 		--sft_model_path runs/real-ci/sft --rl_dataset $(SHARED)/gsm8k/test.jsonl --run_name real-ci-kto --data_dir $(SHARED) \
 		--preference_dataset $(SHARED)/hh-rlhf/harmless-base/test.jsonl.gz \
 		--method_args "$(REAL_TINY) --max_length 384"
+
+# Benchmarks (lm-eval), RLHF metrics, safety and interpretability of pipeline-real's SFT policy vs the default model,
+# small limits on the real data: proves the evaluation commands work end to end (CI), not a result.
+eval-real: pipeline-real
+	$(PY) eval/run_eval.py --model default --model runs/real-ci/sft --tasks arc_easy,hellaswag,gsm8k \
+		--data_dir $(SHARED) --limit 8 --num_fewshot 0 --gen_kwargs max_gen_toks=48 \
+		--rlhf --rlhf_sets builtin,gsm8k,mt_bench,self_instruct --rlhf_prompts 4 --max_new_tokens 32 \
+		--reward_model runs/real-ci/reward --baseline default
+	$(PY) eval/run_safety.py --model default --model runs/real-ci/sft --data_dir $(SHARED) --num_prompts 8 \
+		--max_new_tokens 32 --reward_model runs/real-ci/reward
+	$(PY) interpret/attention_viz.py --model runs/real-ci/sft --prompt "What is 17 + 25?" --layers 0,-1
+	$(PY) interpret/logit_lens.py --model default --model runs/real-ci/sft --prompt "The capital of France is"
 
 # Every method from one SFT policy on the built-in task: runs/methods/method_comparison.{csv,md,png}
 # (78 min on 2 cores with the SFT policy and reward model given; about 8 min more to train them)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import difflib
+import functools
 import io
 import json
 import os
@@ -99,15 +100,21 @@ def task_manager(include_path: list[str] | None = None, data_dir: str | None = N
     Raises:
         DataNotFoundError: when an ``--include_path`` folder does not exist.
     """
-    from lm_eval.tasks import TaskManager
-
     paths = [str(TASKS_DIR)]
     for path in include_path or []:
         if not Path(path).exists():
             raise DataNotFoundError(f"--include_path {path}: no such file or folder of lm-eval task YAMLs.")
-        paths.append(str(path))
-    metadata = {"data_dir": str(Path(data_dir).expanduser().resolve())} if data_dir else None
-    return TaskManager(include_path=paths, metadata=metadata)
+        paths.append(str(Path(path).resolve()))
+    return _task_manager(tuple(paths), str(Path(data_dir).expanduser().resolve()) if data_dir else None)
+
+
+@functools.lru_cache(maxsize=8)
+def _task_manager(paths: tuple[str, ...], data_dir: str | None):
+    """One `TaskManager` per task folders and data folder in a process: indexing lm-eval's ~15,000 task YAMLs
+    takes ~10 s, and the gate and tests ask for the same one again."""
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager(include_path=list(paths), metadata={"data_dir": data_dir} if data_dir else None)
 
 
 def resolve_tasks(names: list[str], manager, data_dir: str | None) -> list[str]:

@@ -19,7 +19,6 @@ This module imports `open_rlhf.errors`, `open_rlhf.atomic` and `open_rlhf.models
 
 from __future__ import annotations
 
-import datetime
 import json
 import os
 import tempfile
@@ -36,10 +35,9 @@ from matplotlib.colors import PowerNorm  # noqa: E402
 
 from open_rlhf import models  # noqa: E402
 from open_rlhf.atomic import atomic_write_text  # noqa: E402
-from open_rlhf.errors import ConfigError, ModelNotFoundError, OutputDirError  # noqa: E402
+from open_rlhf.errors import ConfigError, ModelNotFoundError  # noqa: E402
 
 ADAPTER_CONFIG_NAME = "adapter_config.json"
-DEFAULT_OUTPUT_ROOT = Path("runs") / "interpret"
 # Attribute names of the final norm (the one applied just before the LM head) on a decoder stack:
 # Llama/Mistral/Qwen/Gemma `norm`, Phi/Falcon `final_layernorm`, GPT-2/GPT-J/BLOOM `ln_f`, Mamba `norm_f`, OPT.
 FINAL_NORM_NAMES = ("norm", "final_layernorm", "ln_f", "norm_f", "final_layer_norm")
@@ -660,25 +658,15 @@ def lens_target_figure(lenses: list[tuple[str, LogitLens]], title: str | None = 
 
 def prepare_output_dir(output_dir: str | Path | None) -> Path:
     """Choose the output folder: ``output_dir`` when given (it may exist only if empty), else a new
-    ``runs/interpret/<UTC timestamp>/``. Nothing is created yet (`save_png` creates it with the first file), so a
-    run that fails before writing leaves no empty folder behind.
+    ``runs/interpret/<UTC timestamp>/`` (`open_rlhf.outputs.new_results_dir`). Nothing is created yet
+    (`save_png` creates it with the first file), so a run that fails before writing leaves no empty folder behind.
 
     Raises:
         OutputDirError: when ``output_dir`` is a file or a folder that is not empty (nothing is overwritten).
     """
-    if output_dir is None:
-        stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-        path, n = DEFAULT_OUTPUT_ROOT / stamp, 1
-        while path.exists():  # two runs in the same second
-            n += 1
-            path = DEFAULT_OUTPUT_ROOT / f"{stamp}-{n}"
-    else:
-        path = Path(output_dir)
-        if path.exists() and (not path.is_dir() or any(path.iterdir())):
-            raise OutputDirError(f"--output_dir {path} already exists and is not an empty folder; refusing to "
-                                 "overwrite it. Fix: pass a new folder, or leave --output_dir out for a fresh "
-                                 f"{DEFAULT_OUTPUT_ROOT}/<UTC timestamp>/.")
-    return path
+    from open_rlhf.outputs import new_results_dir
+
+    return new_results_dir(None if output_dir is None else str(output_dir), "interpret")
 
 
 def save_png(fig, path: str | Path, dpi: int = 100) -> Path:

@@ -161,7 +161,7 @@ def test_attention_viz_main_writes_the_grid_the_mean_map_and_json(tiny_model_dir
     monkeypatch.chdir(tmp_path)
     attention_viz.main(["--model", str(tiny_model_dir), "--prompt", "Hi"])
     (run,) = (tmp_path / "runs" / "interpret").iterdir()
-    assert run.name.endswith("Z") and (run / "attention_mean.png").is_file()
+    assert run.parent == tmp_path / "runs" / "interpret" and (run / "attention_mean.png").is_file()
 
 
 def test_logit_lens_main_compares_models_of_different_depth(tiny_model_dir, deeper_model_dir, tmp_path, capsys):
@@ -203,8 +203,8 @@ def _lens_fields(record: dict) -> dict:
      "--layers: layer 5 out of range; the model has 2 layers, valid indices are 0..1"),
     ("attention_viz", ["--model", "{tiny}", "--prompt", "x", "--heads", "4"], "valid indices are 0..3"),
     ("attention_viz", ["--model", "{tiny}", "--prompt", "x", "--layers", "first"], "not a comma-separated list"),
-    ("attention_viz", ["--model", "{tiny}", "--prompt", "x", "--output_dir", "{full}"], "not an empty folder"),
-    ("logit_lens", ["--model", "{tiny}", "--prompt", "x", "--output_dir", "{full}"], "not an empty folder"),
+    ("attention_viz", ["--model", "{tiny}", "--prompt", "x", "--output_dir", "{full}"], "already exists and is not empty"),
+    ("logit_lens", ["--model", "{tiny}", "--prompt", "x", "--output_dir", "{full}"], "already exists and is not empty"),
 ])
 def test_bad_input_exits_2_with_one_error_line(script, args, message, tiny_model_dir, tmp_path, capsys):
     full = tmp_path / "full"

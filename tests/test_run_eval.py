@@ -10,6 +10,7 @@ import pytest
 
 from open_rlhf import harness
 from open_rlhf.run_eval import main
+from tests.conftest import save_tiny_model
 
 harness.set_offline()
 
@@ -51,10 +52,11 @@ def test_own_task_equals_lm_eval_simple_evaluate(tiny_model_dir, local_task, tmp
     assert "± " in (out / "results.md").read_text()
 
 
-def test_shipped_tasks_read_every_local_document(tiny_model_dir, shared_data_dir, tmp_path):
+def test_shipped_tasks_read_every_local_document(tiny_model_dir, tokenizer, shared_data_dir, tmp_path):
     """arc_easy / hellaswag / gsm8k with --data_dir are the local copies with the full official split sizes
     (2,376 / 10,042 / 1,319 documents, ../shared/data/README.md); two models give one table with a row each."""
-    out = main(["--model", str(tiny_model_dir), "--model", "default", "--tasks", "arc_easy,hellaswag,gsm8k",
+    other = save_tiny_model(tmp_path / "other", tokenizer, seed=3)
+    out = main(["--model", str(tiny_model_dir), "--model", str(other), "--tasks", "arc_easy,hellaswag,gsm8k",
                 "--data_dir", str(shared_data_dir), "--limit", "2", "--num_fewshot", "0",
                 "--gen_kwargs", "max_gen_toks=4", "--output_dir", str(tmp_path / "out")])
     results = json.loads((out / harness.result_folder_name(str(tiny_model_dir)) / "results.json").read_text())
@@ -62,9 +64,9 @@ def test_shipped_tasks_read_every_local_document(tiny_model_dir, shared_data_dir
         "arc_easy_local": 2376, "hellaswag_local": 10042, "gsm8k_local": 1319}
     assert set(results["results"]["gsm8k_local"]) >= {"exact_match,strict-match", "exact_match,flexible-extract"}
     table = (out / "results.md").read_text().splitlines()
-    assert len(table) == 4 and table[2].startswith(f"| `{tiny_model_dir}`") and table[3].startswith("| `default`")
+    assert len(table) == 4 and table[2].startswith(f"| `{tiny_model_dir}`") and table[3].startswith(f"| `{other}`")
     rows = list(csv.DictReader((out / "results.csv").open()))
-    assert {r["model"] for r in rows} == {str(tiny_model_dir), "default"}
+    assert {r["model"] for r in rows} == {str(tiny_model_dir), str(other)}
 
 
 def test_peft_adapter_folder_loads_with_its_base(tiny_model_dir, tmp_path):
