@@ -68,7 +68,7 @@ compare: setup
 	$(PY) scripts/compare_methods.py --config config/compare/default.yaml
 
 test: setup
-	$(PY) -m pytest -m "not slow and not gpu and not network" -q
+	$(PY) -m pytest -m "not slow and not gpu and not network" -q --durations=15
 
 test-slow: setup
 	$(PY) -m pytest -m "slow" -q

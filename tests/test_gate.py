@@ -59,7 +59,7 @@ def test_rejected_sft_rolls_later_stages_back_to_the_base_model(tmp_path):
 def test_gate_rolls_back_a_broken_stage(tmp_path, tiny_model_dir, shared_data_dir):
     """DPO with a constant learning rate of 1e30 and no clipping ends with non-finite gradients, weights or logits: the gate rejects it,
     the final policy stays the SFT policy, the DPO output is kept, and the report says what failed."""
-    args = tiny_args(tmp_path, tiny_model_dir, method="dpo")
+    args = tiny_args(tmp_path, tiny_model_dir, method="dpo", gate=True)
     args.method_args += " --max_steps 3 --learning_rate 1e30 --lr_scheduler_type constant --warmup_steps 0 --max_grad_norm 0"
     args.eval_base_model = False
     args.gate_prompts, args.gate_tasks, args.gate_task_limit, args.data_dir = 4, "arc_easy", 4, str(shared_data_dir)

@@ -15,12 +15,14 @@ METHOD_ARGS = {"ppo": PPO_ARGS, "rlvr": PPO_ARGS, "reinforce_pp": PPO_ARGS, "grp
                "rloo": ONLINE_ARGS, **{m: f"--max_steps 2 {TINY_STAGE}" for m in ("dpo", "ipo", "kto", "orpo", "simpo")}}
 
 
-def tiny_args(tmp_path, model, method="ppo"):
+def tiny_args(tmp_path, model, method="ppo", gate=False):
+    """A pipeline on a tiny model with 1-2 step stages; the gate (tested in test_gate.py) only where asked."""
     return PipelineArguments(
         run_name="tiny", runs_dir=str(tmp_path), method=method, model_name_or_path=str(model),
         sft_args=f"--max_steps 2 {TINY_STAGE}", reward_args=f"--max_steps 2 {TINY_STAGE}",
         method_args=METHOD_ARGS[method],
-        eval_prompts=4, eval_pairs=4, eval_max_new_tokens=8, eval_batch_size=4, report_samples=2, gate_prompts=4)
+        eval_prompts=4, eval_pairs=4, eval_max_new_tokens=8, eval_batch_size=4, report_samples=2, gate_prompts=4,
+        gate=gate)
 
 
 def test_stage_plan_chains_outputs(tmp_path):
@@ -36,7 +38,7 @@ def test_stage_plan_chains_outputs(tmp_path):
 
 
 def test_pipeline_runs_reports_and_skips_finished_stages(tmp_path, tiny_model_dir, capsys):
-    args = tiny_args(tmp_path, tiny_model_dir)
+    args = tiny_args(tmp_path, tiny_model_dir, gate=True)
     report = run_pipeline(args)
     run = tmp_path / "tiny"
     text = report.read_text()
@@ -90,6 +92,7 @@ def test_every_method_has_a_plan_with_its_preset_and_reward(tmp_path):
         PipelineArguments(method="dpo", reward="math")
 
 
+@pytest.mark.slow  # each method's stage has its own fast test (test_method_scripts.py); this chains it end to end
 @pytest.mark.parametrize("method", ["grpo", "kto", "reinforce_pp"])
 def test_method_pipeline_trains_and_reports(tmp_path, tiny_model_dir, method):
     """--method <m> on a tiny model: SFT -> <m> (verifiable reward for RL methods, no reward model), report."""
