@@ -93,8 +93,8 @@ def pairwise_metrics(a: dict, b: dict) -> dict:
     out = {"win_rate": wr["win_rate"], "win_rate_low": wr["low"], "win_rate_high": wr["high"], "wins": wr["wins"],
            "ties": wr["ties"], "losses": wr["losses"]}
     if len(set(x - y for x, y in zip(a["response_chars"], b["response_chars"], strict=True))) > 1:
-        out["lc_win_rate"] = metrics.length_controlled_win_rate(prefs, a["response_chars"],
-                                                                b["response_chars"])["lc_win_rate"]
+        out["lc_win_rate"] = metrics.length_controlled_win_rate(
+            prefs, a["response_chars"], b["response_chars"])["length_controlled_win_rate"]
     return out
 
 

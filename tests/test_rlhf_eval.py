@@ -46,6 +46,21 @@ def test_rlhf_metrics_table_matches_the_metric_functions(tiny_model_dir, second_
     assert (out / "rlhf.png").stat().st_size > 1000
 
 
+def test_pairwise_metrics_win_rate_and_length_control():
+    """A beats B on 3 of 4 prompts (scores 2>1, 3>1, 1<2, 5>4): win rate 0.75 = metrics.win_rate; the longer answer
+    wins each time, so the length-controlled win rate is below the raw one."""
+    from open_rlhf.rlhf_eval import pairwise_metrics
+
+    a = {"scores": [2.0, 3.0, 1.0, 5.0], "response_chars": [120, 150, 40, 200]}
+    b = {"scores": [1.0, 1.0, 2.0, 4.0], "response_chars": [60, 70, 90, 100]}
+    out = pairwise_metrics(a, b)
+    assert (out["wins"], out["ties"], out["losses"]) == (3, 0, 1) and out["win_rate"] == 0.75
+    assert out["lc_win_rate"] == pytest.approx(metrics.length_controlled_win_rate(
+        [1, 1, 0, 1], a["response_chars"], b["response_chars"])["length_controlled_win_rate"])
+    assert out["lc_win_rate"] < 0.75
+    assert pairwise_metrics({"response_chars": [1]}, {"response_chars": [2]}) == {}  # no reward model: no win rate
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--rlhf", "--rlhf_sets", "builtin", "--model", "default", "--baseline", "runs/x/sft"], "--baseline runs/x/sft is not one of"),
     (["--rlhf", "--rlhf_sets", "builtin,alpaca"], "unknown set(s) alpaca"),
