@@ -18,6 +18,7 @@ def test_win_rate_hand_computed():
         win_rate([1.0], [1.0, 2.0])
 
 
+@pytest.mark.slow  # end to end over several methods (~1 min); make test-slow
 def test_compare_methods_writes_csv_png_and_reuses_finished_work(tmp_path, tiny_model_dir, capsys):
     """Two methods (one offline, one online) from one tiny SFT policy and reward model; a rerun redoes nothing."""
     args = CompareArguments(

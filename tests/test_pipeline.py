@@ -58,6 +58,7 @@ def test_pipeline_runs_reports_and_skips_finished_stages(tmp_path, tiny_model_di
     assert {p: p.stat().st_mtime_ns for p in run.glob("*/model.safetensors")} == mtimes
 
 
+@pytest.mark.slow  # test_gate.py runs SFT -> DPO -> report end to end in the default run
 def test_dpo_pipeline_reports_without_a_reward_model(tmp_path, tiny_model_dir):
     """--method dpo: SFT -> DPO; the report compares base, SFT and DPO by accuracy and KL (no reward model)."""
     args = tiny_args(tmp_path, tiny_model_dir, method="dpo")
