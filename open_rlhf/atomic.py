@@ -1,4 +1,4 @@
-"""Atomic writes: a file, a CSV that grows by rows, and a model folder appear complete or not at all.
+"""Atomic writes: a file, a figure, a CSV that grows by rows, and a model folder appear complete or not at all.
 
 Used by every layer that writes results (stages, merging, reports, benchmarks); it imports nothing from the
 project.
@@ -22,19 +22,40 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temp file in the same folder and `os.replace` (no torn files)."""
-    path = Path(path)
+@contextlib.contextmanager
+def _temp_beside(path: Path, suffix: str = "") -> Iterator[str]:
+    """Yield a temp file name in ``path``'s folder; when the block succeeds, give the file ordinary permissions
+    (mkstemp makes it private) and `os.replace` it onto ``path``; on any exception, delete it."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes the file private; the result is an ordinary file
+        yield tmp
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` to ``path`` via a temp file in the same folder and `os.replace` (no torn files)."""
+    with _temp_beside(Path(path)) as tmp, open(tmp, "w") as f:
+        f.write(text)
+
+
+def atomic_save_figure(fig, path: str | Path, dpi: int = 100) -> Path:
+    """Save a matplotlib figure as a PNG at ``path`` via a temp file in the same folder and `os.replace`, so a
+    plot is never seen half-written; the figure is closed afterwards (also on error)."""
+    path = Path(path)
+    try:
+        with _temp_beside(path, suffix=".png") as tmp:
+            fig.savefig(tmp, format="png", dpi=dpi)
+    finally:
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
+    return path
 
 
 def append_csv(rows: list[dict], path: str | Path, context: dict | None = None) -> Path:

@@ -34,6 +34,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from open_rlhf import outputs  # noqa: E402
 from open_rlhf.atomic import atomic_write_text  # noqa: E402
 from open_rlhf.errors import ConfigError, StageFailedError, parse_config, user_errors  # noqa: E402
+from open_rlhf.metrics import win_rate as win_rate_with_interval  # noqa: E402
 from open_rlhf.pipeline import METHODS, PipelineArguments, train_stages  # noqa: E402
 from open_rlhf.rewards import RewardModelScorer  # noqa: E402
 
@@ -93,7 +94,7 @@ class CompareArguments:
 
 
 def win_rate(scores: list[float], baseline_scores: list[float]) -> float:
-    """Share of prompts where ``scores`` beat ``baseline_scores``; a tie counts 1/2.
+    """Share of prompts where ``scores`` beat ``baseline_scores``; a tie counts 1/2 (`open_rlhf.metrics.win_rate`).
 
     Args:
         scores: `N` reward-model scores of the method's responses.
@@ -105,7 +106,7 @@ def win_rate(scores: list[float], baseline_scores: list[float]) -> float:
     if len(scores) != len(baseline_scores) or not scores:
         raise ValueError(f"win_rate needs two equally long, non-empty score lists; got {len(scores)} and "
                          f"{len(baseline_scores)}.")
-    return sum(1.0 if s > b else 0.5 if s == b else 0.0 for s, b in zip(scores, baseline_scores, strict=True)) / len(scores)
+    return win_rate_with_interval(scores, baseline_scores)["win_rate"]
 
 
 def _evaluate(path: Path, prompts, answers, scorer, args: CompareArguments, reference=None) -> dict:

@@ -67,6 +67,12 @@ def nonfinite_logits(model, tokenizer, prompt) -> str | None:
     return f"non-finite logits ({bad} of {logits.numel()})" if bad else None
 
 
+def model_problem(model, tokenizer, prompt) -> str | None:
+    """Why ``model`` cannot be evaluated (non-finite weights, or non-finite logits on ``prompt``), or None."""
+    bad = nonfinite_parameters(model)
+    return f"{bad} non-finite weights" if bad else nonfinite_logits(model, tokenizer, prompt)
+
+
 def decide(before: dict, after: dict, thresholds: CapabilityThresholds, check_kl: bool = True) -> list[dict]:
     """Compare the capability metrics of a stage's input (``before``) and output (``after``).
 
@@ -118,8 +124,7 @@ def capability_metrics(model, tokenizer, prompts, answers, *, max_new_tokens: in
     """
     from open_rlhf import evaluation
 
-    bad = nonfinite_parameters(model)
-    problem = f"{bad} non-finite weights" if bad else nonfinite_logits(model, tokenizer, prompts[0])
+    problem = model_problem(model, tokenizer, prompts[0])
     if problem:  # generating from such a model gives nothing meaningful (or fails): report the cause instead
         return {"accuracy": None, "eos_rate": None, "response_length": None, "kl_to_input": None,
                 "benchmarks": {}, "health": [problem]}

@@ -21,7 +21,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from open_rlhf.atomic import atomic_write_text
+from open_rlhf.atomic import atomic_save_figure, atomic_write_text
 from open_rlhf.errors import ConfigError, DataNotFoundError, ModelNotFoundError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -291,12 +291,7 @@ def plot_results(rows: list[dict], out: Path) -> Path:
     ax.legend(fontsize=7, loc="upper right")
     ax.set_title("lm-eval benchmarks", fontsize=10)
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, out)
-    return out
+    return atomic_save_figure(fig, out, dpi=110)
 
 
 def results_json(results: dict) -> str:

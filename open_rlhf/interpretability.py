@@ -20,8 +20,6 @@ This module imports `open_rlhf.errors`, `open_rlhf.atomic` and `open_rlhf.models
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,7 +32,7 @@ import torch  # noqa: E402
 from matplotlib.colors import PowerNorm  # noqa: E402
 
 from open_rlhf import models  # noqa: E402
-from open_rlhf.atomic import atomic_write_text  # noqa: E402
+from open_rlhf.atomic import atomic_save_figure, atomic_write_text  # noqa: E402
 from open_rlhf.errors import ConfigError, ModelNotFoundError  # noqa: E402
 
 ADAPTER_CONFIG_NAME = "adapter_config.json"
@@ -670,21 +668,8 @@ def prepare_output_dir(output_dir: str | Path | None) -> Path:
 
 
 def save_png(fig, path: str | Path, dpi: int = 100) -> Path:
-    """Save ``fig`` as a PNG at ``path`` atomically (a temp file in the same folder, then `os.replace`); closes it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, format="png", dpi=dpi)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    finally:
-        plt.close(fig)
-    return path
+    """Save ``fig`` as a PNG at ``path`` atomically and close it (`open_rlhf.atomic.atomic_save_figure`)."""
+    return atomic_save_figure(fig, path, dpi=dpi)
 
 
 def model_display_names(arguments: list[str | None]) -> list[str]:

@@ -79,7 +79,7 @@ def evaluate_run(args) -> dict:
         if name == "base":
             del loaded[name]  # only the SFT and final policies are needed for KL
     tokenizer = models.load_tokenizer(str(policy_paths["sft"]))
-    problem = gate.nonfinite_parameters(loaded[final]) or gate.nonfinite_logits(loaded[final], tokenizer, prompts[0])
+    problem = gate.model_problem(loaded[final], tokenizer, prompts[0])
     if problem:  # a broken policy (the gate rejected it) cannot be sampled from: no KL
         results["kl_vs_sft"][final] = None
         print(f"eval KL({final} || sft): not computed, the policy is broken ({problem})", flush=True)

@@ -19,11 +19,10 @@ The formulas are the pure functions of `open_rlhf.metrics` (each tested against 
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
-from open_rlhf.atomic import atomic_write_text
+from open_rlhf.atomic import atomic_save_figure, atomic_write_text
 from open_rlhf.errors import ConfigError
 
 # Columns of rlhf.md, in order: metric key -> header
@@ -235,8 +234,4 @@ def plot_rlhf(rows: list[dict], model_order: list[str], out: Path) -> Path:
         ax.axis("off")
     axes.flat[0].legend(fontsize=6)
     fig.tight_layout()
-    tmp = out.with_name(f".{out.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, out)
-    return out
+    return atomic_save_figure(fig, out, dpi=100)

@@ -143,8 +143,7 @@ def run_eval(args: argparse.Namespace) -> Path:
                 results_by_model[spec.name] = harness.merge_results(parts)
                 timings[spec.name] = time.perf_counter() - start
                 del lm
-                harness.write_results(out, results_by_model)  # after each model: a crash keeps what finished
-        paths = harness.write_results(out, results_by_model)
+                paths = harness.write_results(out, results_by_model)  # after each model: a crash keeps what finished
         print("\n" + paths["markdown"].read_text(), flush=True)
     if args.rlhf:
         from open_rlhf import rlhf_eval

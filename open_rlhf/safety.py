@@ -44,7 +44,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from open_rlhf.atomic import atomic_write_text  # noqa: E402
+from open_rlhf.atomic import atomic_save_figure, atomic_write_text  # noqa: E402
 from open_rlhf.errors import (  # noqa: E402
     ConfigError,
     DataNotFoundError,
@@ -407,9 +407,7 @@ def plot_safety(report: SafetyReport, out: Path) -> Path:
     n = len(report.results[0].responses)
     fig.suptitle(f"Safety on {n} held-out hh-rlhf harmless-base prompts (95% intervals)", fontsize=10)
     fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return atomic_save_figure(fig, out, dpi=110)
 
 
 def write_outputs(report: SafetyReport, output_dir: Path) -> None:
@@ -421,9 +419,7 @@ def write_outputs(report: SafetyReport, output_dir: Path) -> None:
     atomic_write_text(output_dir / "safety.csv", buffer.getvalue())
     atomic_write_text(output_dir / "responses.jsonl", "".join(
         json.dumps(rec, ensure_ascii=False) + "\n" for r in report.results for rec in r.records()))
-    tmp = output_dir / ".safety.tmp.png"
-    plot_safety(report, tmp)
-    tmp.replace(output_dir / "safety.png")
+    plot_safety(report, output_dir / "safety.png")
     atomic_write_text(output_dir / "safety.md", safety_markdown(report))  # last: it links the others
 
 
@@ -525,9 +521,11 @@ def _output_dir(output_dir: str | None) -> Path:
     """
     from open_rlhf.outputs import new_results_dir
 
-    trained = Path(output_dir or ".").expanduser() / HARMLESS_REWARD_DIRNAME
-    hint = (f"It holds a harmless reward model: reuse it with --reward_model {trained}."
-            if output_dir and (trained / "training_complete.json").is_file() else "")
+    hint = ""
+    if output_dir is not None:
+        trained = Path(output_dir).expanduser() / HARMLESS_REWARD_DIRNAME
+        if (trained / "training_complete.json").is_file():
+            hint = f"It holds a harmless reward model: reuse it with --reward_model {trained}."
     return new_results_dir(output_dir, "safety", hint)
 
 
