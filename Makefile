@@ -8,7 +8,7 @@ RUN ?= default
 # The capability gate's lm-eval subset reads the shared public data; without it the gate skips lm-eval
 GATE_DATA := $(if $(wildcard $(SHARED)/arc/arc_easy.jsonl),--data_dir $(SHARED),--gate_tasks "")
 
-.PHONY: setup model pipeline pipeline-dpo pipeline-real pipeline-real-methods eval-real compare test test-slow lint bench clean-venv
+.PHONY: setup model demo test-web pipeline pipeline-dpo pipeline-real pipeline-real-methods eval-real compare test test-slow lint bench clean-venv
 
 $(STAMP): requirements.txt requirements-test.txt pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -68,13 +68,22 @@ compare: setup
 	$(PY) scripts/compare_methods.py --config config/compare/default.yaml
 
 test: setup
-	$(PY) -m pytest -m "not slow and not gpu and not network" -q --durations=15
+	$(PY) -m pytest -m "not slow and not gpu and not network and not web" -q --durations=15
+
+# The web demo launched for real: gradio_client API tests, a load test, a SIGKILL between votes, and a headless
+# Chromium (Debian's `chromium` package; the browser test skips, saying why, where there is none).
+test-web: setup
+	$(PY) -m pytest -m "web and not slow" -q --durations=10
+
+# The demo on the latest pipeline policy (else the default model): http://127.0.0.1:7860
+demo: setup
+	$(PY) web_demo/app.py
 
 test-slow: setup
 	$(PY) -m pytest -m "slow" -q
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check open_rlhf scripts tests kernels
+	$(VENV)/bin/ruff check open_rlhf scripts tests kernels eval interpret web_demo
 
 bench: setup
 	$(PY) scripts/bench_ppo.py

@@ -15,7 +15,15 @@ line. Known raw formats are converted to TRL's standard formats (conversational)
   calculator annotations) / ``answer`` (the final number, normalised);
 - TRL's own formats (prompt-completion, preference, implicit-prompt preference, messages, prompt-only,
   unpaired preference) pass through, string prompts wrapped as conversations when ``conversational=True``
-  (hh-rlhf and GSM8K are always converted to conversations).
+  (hh-rlhf and GSM8K are always converted to conversations);
+- Arena votes (`open_rlhf.arena`: preference records with a ``vote`` field, a folder of ``votes-*.jsonl``) ->
+  the preference pairs of the decisive votes (`DECISIVE_VOTES`) only: a ``"tie"`` or ``"both_bad"`` record holds
+  its two answers in position order, not as a preference, so every loader skips it (one info line counts them);
+  a source with no decisive vote, or an unknown ``vote`` value, is an error.
+
+A ``.jsonl`` file whose last line has no final newline and is not valid JSON (a partial line left by an
+interrupted append, e.g. a server killed while writing a vote) is read without that line, with a warning; any
+other bad line is an error.
 
 Only TRL's standard columns and ``answer`` (as a string) are kept. In every pair format (hh-rlhf, preference,
 implicit-prompt preference) a pair whose chosen equals its rejected is an error, and so is a chosen or rejected
@@ -63,6 +71,10 @@ FORMATS = {
     "unpaired_preference": "prompt, completion, label",
 }
 PAIR_FORMATS = ("hh_rlhf", "preference", "implicit_preference")  # the formats that hold preference pairs
+# The ``vote`` field of Arena votes (`open_rlhf.arena` writes them and re-exports these); only the decisive ones
+# are preference pairs.
+VOTE_TYPES = ("a_better", "b_better", "tie", "both_bad")
+DECISIVE_VOTES = ("a_better", "b_better")
 BUILTIN_SOURCES = ("builtin", "builtin:arithmetic")
 BUILTIN_SIZES = {"sft": 2000, "preference": 2000, "prompt": 2000}
 EVAL_SPLITS = ("eval", "test", "validation")
@@ -117,7 +129,7 @@ def _looks_local(source: str) -> bool:
             or source.startswith(("/", ".", "~")) or source.count("/") > 1)
 
 
-def _read_text(path: Path) -> str:
+def _read_bytes(path: Path) -> bytes:
     try:
         raw = path.read_bytes()
         if path.name.lower().endswith(".gz"):
@@ -125,6 +137,11 @@ def _read_text(path: Path) -> str:
     except (EOFError, OSError, zlib.error) as err:
         raise DataFormatError(f"truncated or corrupt gzip file {path}: {err}. Fix: download or compress the "
                               f"file again (`gzip -t {path}` checks it).") from err
+    return raw
+
+
+def _read_text(path: Path, raw: bytes | None = None) -> str:
+    raw = _read_bytes(path) if raw is None else raw
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as err:
@@ -133,9 +150,15 @@ def _read_text(path: Path) -> str:
 
 
 def _read_jsonl(path: Path) -> list[tuple[int, Any]]:
+    """``(line number, parsed JSON)`` of each non-blank line; a partial last line (no final newline, not valid
+    JSON: an interrupted append) is skipped with a warning."""
+    raw = _read_bytes(path)
+    # The last line is cut off as bytes: a write interrupted inside a multi-byte character is not UTF-8.
+    cut = raw.rfind(b"\n") + 1
     records = []
     # Split on "\n" only: str.splitlines() would also split on U+2028 inside JSON strings.
-    for number, line in enumerate(_read_text(path).split("\n"), start=1):
+    lines = _read_text(path, raw[:cut]).split("\n")
+    for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
@@ -143,6 +166,13 @@ def _read_jsonl(path: Path) -> list[tuple[int, Any]]:
         except json.JSONDecodeError as err:
             raise DataFormatError(f"bad JSON on line {number} of {path}: {err.msg} (column {err.colno}). Fix: "
                                   f"each line of a .jsonl file must be one complete JSON object.") from err
+    last = raw[cut:]
+    if last.strip():
+        try:
+            records.append((len(lines), json.loads(last.decode("utf-8-sig"))))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            logger.warning("skipped line %d of %s: a partial line (no final newline, not valid JSON) left by an "
+                           "interrupted append, e.g. a server killed while writing", len(lines), path)
     return records
 
 
@@ -180,7 +210,7 @@ def _read_parquet(path: Path) -> list[tuple[int, Any]]:
     return list(enumerate(rows, start=1))
 
 
-def _read_file(path: Path, split: str, records: _Records) -> None:
+def _read_file(path: Path, split: str, records: _Records, in_folder: bool = False) -> None:
     name = path.name.lower()
     if name.endswith((".jsonl", ".jsonl.gz")):
         unit, numbered = "line", _read_jsonl(path)
@@ -191,6 +221,8 @@ def _read_file(path: Path, split: str, records: _Records) -> None:
     else:
         raise DataFormatError(f"{path}: unsupported file type. Fix: use one of {', '.join(SUPPORTED_SUFFIXES)}.")
     if not numbered:
+        if in_folder and unit == "line" and path.stat().st_size:  # only a partial line (warned): no record yet
+            return
         raise DataFormatError(f"{path} is empty: no records found. Fix: give a file with at least one record.")
     records.files.append((str(path), unit))
     file_index = len(records.files) - 1
@@ -267,7 +299,9 @@ def _read_records(source: str, split: str = "train") -> _Records:
     if path.is_dir():
         records = _Records(rows=[], name=str(path))
         for file in _folder_files(path, split):
-            _read_file(file, split, records)
+            _read_file(file, split, records, in_folder=True)
+        if not records.rows:
+            raise DataFormatError(f"folder {path} holds no complete record yet. Fix: give it at least one record.")
     elif path.is_file():
         records = _Records(rows=[], name=str(path))
         _read_file(path, split, records)
@@ -308,7 +342,8 @@ def load_records(source: str, split: str = "train") -> Dataset:
     Raises:
         DataNotFoundError: when ``source`` looks like a local path (has a data-file suffix, starts with
             ``/``, ``.`` or ``~``) and does not exist.
-        DataFormatError: for an empty file, bad JSON (with its line), a record that is not an object, a
+        DataFormatError: for an empty file, bad JSON (with its line; a partial last line of a ``.jsonl``
+            file, with no final newline, is skipped with a warning instead), a record that is not an object, a
             truncated or corrupt gzip or parquet file, records whose fields or field types differ from the
             first record's, an empty folder, a folder whose files are named by split but not by ``split``.
     """
@@ -574,10 +609,38 @@ def _convert_standard(records: _Records, fmt: str, conversational: bool) -> list
     return rows
 
 
+def _decisive_votes(records: _Records) -> _Records:
+    """The Arena votes of ``records`` whose ``vote`` is decisive (`DECISIVE_VOTES`), with their origins."""
+    if not records.origins:  # a Hub dataset: number the rows as `_Records.where` does, before dropping some
+        records = _Records(records.rows, records.name, [(0, n) for n in range(1, len(records.rows) + 1)],
+                           [(records.name, "record")])
+    skipped = dict.fromkeys(VOTE_TYPES, 0)
+    keep = []
+    for index, row in enumerate(records.rows):
+        if row["vote"] not in VOTE_TYPES:
+            raise DataFormatError(f"{records.where(index)}: field 'vote' is {row['vote']!r}, not an Arena vote. "
+                                  f"Fix: 'vote' must be one of {', '.join(VOTE_TYPES)} (as "
+                                  f"`open_rlhf.arena.vote_record` writes it); correct or drop the record.")
+        if row["vote"] in DECISIVE_VOTES:
+            keep.append(index)
+        else:
+            skipped[row["vote"]] += 1
+    if not keep:
+        raise DataFormatError(f"{records.name}: no decisive votes yet: its {len(records.rows)} Arena votes are all "
+                              f"ties or both-bad, which are not preference pairs. Fix: vote A or B in the Arena "
+                              f"(a_better / b_better) before training on the votes.")
+    logger.info("%s: %d decisive Arena votes kept as preference pairs; skipped %d ties and %d both-bad votes",
+                records.name, len(keep), skipped["tie"], skipped["both_bad"])
+    return _Records([records.rows[i] for i in keep], records.name, [records.origins[i] for i in keep],
+                    records.files)
+
+
 def _standardize(records: _Records, conversational: bool) -> tuple[str, list[dict[str, Any]]]:
     """(detected format, rows in a TRL standard format) of the records."""
     columns = list(records.rows[0]) if records.rows else []
     fmt = _detect(columns, records.rows[0] if records.rows else None, records.name)
+    if fmt in PAIR_FORMATS and "vote" in columns:
+        records = _decisive_votes(records)
     if fmt == "hh_rlhf":
         rows = _convert_hh(records)
     elif fmt == "gsm8k":
@@ -673,8 +736,8 @@ def load_preference_dataset(source: str, split: str = "train", builtin_size: int
 
     Raises:
         DataFormatError: for unreadable data, data that is not pairs (hh-rlhf, preference, implicit
-            preference), a pair whose chosen equals its rejected, or a chosen/rejected hh-rlhf transcript with
-            no Assistant turn.
+            preference), a pair whose chosen equals its rejected, a chosen/rejected hh-rlhf transcript with
+            no Assistant turn, or Arena votes (`open_rlhf.arena`) with no decisive vote or an unknown ``vote``.
         DataNotFoundError: for a missing local file (a `FileNotFoundError`).
     """
     if _is_builtin(source):

@@ -35,7 +35,6 @@ from open_rlhf import models  # noqa: E402
 from open_rlhf.atomic import atomic_save_figure, atomic_write_text  # noqa: E402
 from open_rlhf.errors import ConfigError, ModelNotFoundError  # noqa: E402
 
-ADAPTER_CONFIG_NAME = "adapter_config.json"
 # Attribute names of the final norm (the one applied just before the LM head) on a decoder stack:
 # Llama/Mistral/Qwen/Gemma `norm`, Phi/Falcon `final_layernorm`, GPT-2/GPT-J/BLOOM `ln_f`, Mamba `norm_f`, OPT.
 FINAL_NORM_NAMES = ("norm", "final_layernorm", "ln_f", "norm_f", "final_layer_norm")
@@ -46,21 +45,6 @@ MAX_LABEL_CHARS = 12  # a token label longer than this is cut (with an ellipsis)
 # ----------------------------------------------------------------------------------------------------------------
 # Loading and inputs
 # ----------------------------------------------------------------------------------------------------------------
-
-
-def _adapter_base(path: str) -> str | None:
-    """The base model of a PEFT adapter folder (``base_model_name_or_path``), or None when ``path`` is no adapter."""
-    config_file = Path(path) / ADAPTER_CONFIG_NAME
-    if not config_file.is_file():
-        return None
-    try:
-        base = json.loads(config_file.read_text()).get("base_model_name_or_path")
-    except (OSError, json.JSONDecodeError) as error:
-        raise ModelNotFoundError(f"cannot read {config_file}: {error}. Fix: pass a complete adapter folder.") from error
-    if not base:
-        raise ModelNotFoundError(f"{config_file} names no base_model_name_or_path. Fix: save the adapter with PEFT's "
-                                 "save_pretrained, or pass the merged model folder.")
-    return base
 
 
 def model_dims(model_name_or_path: str | None) -> tuple[str, int, int]:
@@ -79,7 +63,7 @@ def model_dims(model_name_or_path: str | None) -> tuple[str, int, int]:
     from transformers import AutoConfig
 
     path = models.resolve_model_path(model_name_or_path)
-    source = _adapter_base(path) or path
+    source = models.adapter_base(path) or path
     try:
         config = AutoConfig.from_pretrained(source)
     except (OSError, ValueError) as error:
@@ -90,50 +74,7 @@ def model_dims(model_name_or_path: str | None) -> tuple[str, int, int]:
     return path, int(config.num_hidden_layers), int(config.num_attention_heads)
 
 
-def load_model_and_tokenizer(model_name_or_path: str | None, attn_implementation: str | None = None,
-                             device: str | torch.device = "cpu"):
-    """Load a causal LM in fp32 for analysis (eval mode, on ``device``) and its tokenizer.
-
-    A PEFT adapter folder (one with ``adapter_config.json``) is loaded with `peft.AutoPeftModelForCausalLM` and
-    merged into its base model (``merge_and_unload``), so every layer reads the fine-tuned weights; its tokenizer
-    comes from the adapter folder when saved there, else from the base model.
-
-    Args:
-        model_name_or_path (`str`, *optional*): a model folder, an adapter folder, a hub id, or None / ``"default"``.
-        attn_implementation (`str`, *optional*): ``"eager"`` for attention weights; None keeps the model's default.
-        device (`str` or `torch.device`): where the model runs.
-
-    Returns:
-        `(model, tokenizer)`.
-
-    Raises:
-        ModelNotFoundError: when the path does not exist or holds no loadable model.
-    """
-    from transformers import AutoTokenizer
-
-    path = models.resolve_model_path(model_name_or_path)
-    base = _adapter_base(path)
-    kwargs = {"dtype": torch.float32}
-    if attn_implementation is not None:
-        kwargs["attn_implementation"] = attn_implementation
-    if base is None:
-        model = models.load_causal_lm(path, **kwargs)
-    else:
-        from peft import AutoPeftModelForCausalLM
-
-        try:
-            model = AutoPeftModelForCausalLM.from_pretrained(path, **kwargs).merge_and_unload()
-        except OSError as error:
-            raise ModelNotFoundError(f"cannot load the adapter {path!r} on its base model {base!r} "
-                                     f"({(str(error).strip().splitlines() or ['OSError'])[0]}). Fix: make the base "
-                                     "model reachable, or pass the merged model folder.") from error
-    tokenizer_source = path if base is None or (Path(path) / "tokenizer_config.json").is_file() else base
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer_source)
-    except OSError as error:
-        raise ModelNotFoundError(f"cannot load the tokenizer from {tokenizer_source!r} "
-                                 f"({(str(error).strip().splitlines() or ['OSError'])[0]}).") from error
-    return model.to(device).eval(), tokenizer
+load_model_and_tokenizer = models.load_inference_model  # one loader for analysis and the web demo
 
 
 def encode_prompt(tokenizer, prompt: str, chat: bool = False) -> torch.Tensor:

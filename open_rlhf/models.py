@@ -18,6 +18,7 @@ This module only builds Hugging Face objects (models, tokenizers); it imports no
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import shutil
@@ -274,6 +275,71 @@ def load_scalar_head_model(model_name_or_path: str, pad_token_id: int, model_arg
     return model
 
 
+
+
+def adapter_base(path: str) -> str | None:
+    """The base model of a PEFT adapter folder (``base_model_name_or_path``), or None when ``path`` is no adapter."""
+    config_file = Path(path) / "adapter_config.json"
+    if not config_file.is_file():
+        return None
+    try:
+        base = json.loads(config_file.read_text()).get("base_model_name_or_path")
+    except (OSError, json.JSONDecodeError) as error:
+        raise ModelNotFoundError(f"cannot read {config_file}: {error}. Fix: pass a complete adapter folder.") from error
+    if not base:
+        raise ModelNotFoundError(f"{config_file} names no base_model_name_or_path. Fix: save the adapter with PEFT's "
+                                 "save_pretrained, or pass the merged model folder.")
+    return base
+
+
+def load_inference_model(model_name_or_path: str | None, attn_implementation: str | None = None,
+                         device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
+    """Load a causal LM for generation or analysis (eval mode, on ``device``, fp32 by default) and its tokenizer.
+
+    Weights are read from safetensors only (``use_safetensors=True``: no pickle is ever unpickled) and no remote
+    code is run (``trust_remote_code`` stays off), which is what a server that loads user-named folders needs.
+
+    A PEFT adapter folder (one with ``adapter_config.json``) is loaded with `peft.AutoPeftModelForCausalLM` and
+    merged into its base model (``merge_and_unload``), so every layer reads the fine-tuned weights; its tokenizer
+    comes from the adapter folder when saved there, else from the base model.
+
+    Args:
+        model_name_or_path (`str`, *optional*): a model folder, an adapter folder, a hub id, or None / ``"default"``.
+        attn_implementation (`str`, *optional*): ``"eager"`` for attention weights; None keeps the model's default.
+        device (`str` or `torch.device`): where the model runs.
+        dtype (`torch.dtype`): the weights' dtype.
+
+    Returns:
+        `(model, tokenizer)`.
+
+    Raises:
+        ModelNotFoundError: when the path does not exist or holds no loadable model.
+    """
+    from transformers import AutoTokenizer
+
+    path = resolve_model_path(model_name_or_path)
+    base = adapter_base(path)
+    kwargs = {"dtype": dtype, "use_safetensors": True}
+    if attn_implementation is not None:
+        kwargs["attn_implementation"] = attn_implementation
+    if base is None:
+        model = load_causal_lm(path, **kwargs)
+    else:
+        from peft import AutoPeftModelForCausalLM
+
+        try:
+            model = AutoPeftModelForCausalLM.from_pretrained(path, **kwargs).merge_and_unload()
+        except OSError as error:
+            raise ModelNotFoundError(f"cannot load the adapter {path!r} on its base model {base!r} "
+                                     f"({(str(error).strip().splitlines() or ['OSError'])[0]}). Fix: make the base "
+                                     "model reachable, or pass the merged model folder.") from error
+    tokenizer_source = path if base is None or (Path(path) / "tokenizer_config.json").is_file() else base
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_source)
+    except OSError as error:
+        raise ModelNotFoundError(f"cannot load the tokenizer from {tokenizer_source!r} "
+                                 f"({(str(error).strip().splitlines() or ['OSError'])[0]}).") from error
+    return model.to(device).eval(), tokenizer
 
 
 def use_fused_rmsnorm(model) -> int:

@@ -11,9 +11,11 @@ log is complete and readable while the stage runs.
 from __future__ import annotations
 
 import collections
+import json
 import os
 import re
 import sys
+import time
 from typing import BinaryIO, TextIO
 
 from transformers import ProgressCallback
@@ -24,9 +26,16 @@ _LOSS_KEYS = ("loss", "train_loss")
 _ANSI_OR_TEXT = re.compile(rb"(?P<escape>\x1b\[[0-9;?]*[A-Za-z]|\x1b)|(?P<text>[^\x1b]+)")
 
 
+METRICS_FILE = "metrics.jsonl"  # one JSON line per logging step in a stage's output_dir, written as it trains
+
+
 class StageProgressCallback(ProgressCallback):
     """transformers' `ProgressCallback` with the stage name on the bar, the last loss (and reward, for RL) in
     its postfix, and the right starting point when a run resumes (the bar shows step/total and the ETA).
+
+    Every log is also appended to ``<output_dir>/metrics.jsonl`` (`METRICS_FILE`: ``{"step", "max_steps", "time",
+    **logs}`` per line, flushed), so that another process (the web demo's training job) can follow the loss
+    while the stage runs; `read_metrics` reads it back.
 
     Args:
         stage (`str`): the stage's name, the bar's description (``sft: 50%|...| 1/2 [..., loss=1.234]``).
@@ -49,7 +58,31 @@ class StageProgressCallback(ProgressCallback):
             postfix = {k: f"{logs[k]:.4g}" for k in (*_LOSS_KEYS, "reward") if isinstance(logs.get(k), float)}
             if postfix:
                 self.training_bar.set_postfix(postfix, refresh=False)
+        if state.is_world_process_zero and logs and args.output_dir:
+            record = {"step": state.global_step, "max_steps": state.max_steps, "time": time.time(),
+                      **{k: v for k, v in logs.items() if isinstance(v, (int, float, str))}}
+            os.makedirs(args.output_dir, exist_ok=True)
+            with open(os.path.join(args.output_dir, METRICS_FILE), "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
         super().on_log(args, state, control, logs=logs, **kwargs)
+
+
+def read_metrics(output_dir: str | os.PathLike) -> list[dict]:
+    """The records of ``<output_dir>/metrics.jsonl`` (`StageProgressCallback`), in order; [] when there is none
+    yet. A line still being written (no newline yet) is left for the next read."""
+    path = os.path.join(output_dir, METRICS_FILE)
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except FileNotFoundError:
+        return []
+    records = []
+    for line in text.split("\n")[:-1]:
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
 
 
 def use_stage_progress(trainer, stage: str) -> None:

@@ -475,6 +475,37 @@ def test_bad_json_names_the_line(tmp_path):
         data.load_records(str(whole))
 
 
+def test_partial_last_line_is_skipped_with_a_warning(tmp_path, caplog):
+    """A last line with no final newline that is not JSON is what an interrupted append leaves (here cut inside
+    the two-byte 'é', so it is not even UTF-8): it is skipped with a warning naming the file and line."""
+    path = tmp_path / "votes.jsonl"
+    path.write_bytes(b'{"prompt": "a"}\n\n{"prompt": "b"}\n{"prompt": "caf' + "é".encode()[:1])
+    with caplog.at_level(logging.WARNING, logger="open_rlhf.data"):
+        assert data.load_records(str(path)).to_list() == [{"prompt": "a"}, {"prompt": "b"}]
+    assert re.search(r"skipped line 4 of .*votes\.jsonl: a partial line \(no final newline, not valid JSON\) left "
+                     r"by an interrupted append", caplog.text)
+    path.write_bytes(b'{"prompt": "a"}\n{"prompt": "b"}')  # a complete last record without its newline is kept
+    assert data.load_records(str(path)).to_list() == [{"prompt": "a"}, {"prompt": "b"}]
+    path.write_bytes(b'{"prompt": "a')
+    with pytest.raises(DataFormatError, match=r"votes\.jsonl is empty: no records found"):
+        data.load_records(str(path))
+
+
+def test_other_bad_lines_are_still_errors(tmp_path):
+    """Only an unterminated last line is taken for an interrupted append: a bad line in the middle (even of a
+    file without a final newline) or a bad last line that ends with a newline names its line."""
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"prompt": "a"}\n{"prompt": "b\n{"prompt": "c"}')
+    with pytest.raises(DataFormatError, match=r"bad JSON on line 2 of .*bad\.jsonl: Unterminated string"):
+        data.load_records(str(path))
+    path.write_text('{"prompt": "a"}\n{"prompt": "b"}\n{"prompt": "c\n')
+    with pytest.raises(DataFormatError, match=r"bad JSON on line 3 of .*bad\.jsonl: "):
+        data.load_records(str(path))
+    path.write_bytes(b'{"prompt": "\xff"}\n{"prompt": "b')  # invalid UTF-8 before the last line: an error
+    with pytest.raises(DataFormatError, match=r"bad\.jsonl is not UTF-8 text"):
+        data.load_records(str(path))
+
+
 def test_truncated_gzip_is_an_error(tmp_path):
     full = gzip.compress(("".join(json.dumps({"prompt": f"p{i}" * 50}) + "\n" for i in range(200))).encode())
     path = tmp_path / "cut.jsonl.gz"
