@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import collections
 import json
+import logging
 import queue
 import threading
 import time
@@ -26,6 +27,8 @@ import torch
 
 from open_rlhf import models, outputs
 from open_rlhf.errors import ConfigError, UserError
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_PROMPT_CHARS = 4000
 DEFAULT_MAX_PROMPT_TOKENS = 1024
@@ -264,7 +267,12 @@ class ModelPool:
         """The `open_rlhf.rewards.RewardModelScorer` of the reward model at ``path``."""
         from open_rlhf.rewards import RewardModelScorer
 
-        return self._get(("reward", path), lambda: RewardModelScorer.from_pretrained(path, device=self.device))
+        def load():
+            tokenizer = models.load_tokenizer(path, padding_side="right")
+            model = models.load_scalar_head_model(path, tokenizer.pad_token_id, use_safetensors=True)
+            return RewardModelScorer(model.to(self.device), tokenizer)
+
+        return self._get(("reward", path), load)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -376,7 +384,7 @@ def stream_reply(loaded: LoadedModel, messages: Sequence[dict], settings: Genera
 
     thread = threading.Thread(target=run, name="open-rlhf-generate", daemon=True)
     thread.start()
-    text = ""
+    text, cancelled = "", True
     try:
         for piece in streamer:
             if piece:
@@ -385,10 +393,13 @@ def stream_reply(loaded: LoadedModel, messages: Sequence[dict], settings: Genera
         thread.join()
         if failure:
             raise RuntimeError(f"generation failed: {type(failure[0]).__name__}: {failure[0]}") from failure[0]
+        cancelled = stop_event.is_set()
         yield update(text, finished=True)
     finally:
         stop_event.set()  # a consumer that stops early (GeneratorExit) stops the thread too
         thread.join(timeout=30)
+        logger.info("reply from %s: %d tokens in %.1f s%s", loaded.name, streamer.new_tokens,
+                    time.perf_counter() - start, " (cancelled)" if cancelled and not failure else "")
 
 
 @dataclass

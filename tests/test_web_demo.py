@@ -205,11 +205,14 @@ def test_browser_chat_arena_feedback_runs(server, tmp_path):
     if find_chromium() is None:
         pytest.skip("no Chromium on this machine: install Debian's `chromium` package (.ci/run does)")
     out = Path(os.environ.get("OPEN_RLHF_SCREENSHOTS", tmp_path / "screenshots"))
-    seen = check_demo(server.url, out, message="Hello", arena_prompt="Pick a number.")
+    seen = check_demo(server.url, out, message="Hello", arena_prompt="Pick a number.", train_steps=2)
     assert len(seen.reply_states) >= 2, seen.reply_states  # the reply was seen growing: streamed
     assert "Model A:" in seen.reveal and "runs/tiny/policy-" in seen.reveal
     assert "a_better" in seen.votes_table
     assert seen.report_images and all(width > 0 for width in seen.report_images)  # the plot loaded
+    assert seen.job_status.startswith("finished: ")  # DPO trained on the votes from the Feedback tab's button
+    trained = seen.job_status.split("finished: ", 1)[1].split(" (", 1)[0]
+    assert any(Path(trained).name in choice for choice in seen.picker), (trained, seen.picker)  # in the picker
     for path in seen.screenshots.values():
         assert path.stat().st_size > 10_000
 
@@ -262,3 +265,86 @@ def test_bad_auth_and_host_warning(tmp_path):
     proc = subprocess.run([sys.executable, str(APP), "--auth", "nopassword"], capture_output=True, text=True,
                           cwd=tmp_path, timeout=120)
     assert proc.returncode == 2 and "error: --auth must be user:password" in proc.stderr
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The tabs' handlers in-process (no server): best-of-N, a crashing generation, the download, a stopped job
+# ---------------------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def demo(workdir):
+    import app
+
+    args = app.make_parser().parse_args(["--model", str(workdir / "runs/tiny/policy-a"), "--runs_dir",
+                                         str(workdir / "runs"), "--feedback_dir", str(workdir / "feedback-inproc"),
+                                         "--reward_model", str(workdir / "runs/tiny/reward")])
+    return app.Demo(args)
+
+
+def test_chat_turn_best_of_n_shows_the_reward(demo, workdir):
+    history = [{"role": "user", "content": [{"type": "text", "text": "Hi!"}]}]  # Gradio 6's message shape
+    *_, (final, stats) = demo.chat_turn(history, demo.policies()[0], "Be brief.", 1.0, 1.0, 8, 3,
+                                        str(workdir / "runs/tiny/reward"))
+    assert final[-1]["role"] == "assistant" and "best of 3 by" in stats and "reward **" in stats
+    scores = [float(s) for s in stats.split("(all: ")[1].split(")")[0].split(", ")]
+    assert len(scores) == 3 and f"**{max(scores):.3f}**" in stats
+    *_, (final, stats) = demo.chat_turn(history, demo.policies()[0], "", 1.0, 1.0, 8, 3, None)
+    assert "best-of-N needs a reward model" in final[-1]["content"]  # said in the chat, not raised
+
+
+def test_a_crashing_generation_is_shown_in_the_chat(demo):
+    loaded = demo.pool.policy(demo.policies()[0])
+    original = loaded.model.forward
+
+    def explode(*args, **kwargs):
+        raise RuntimeError("the kernel crashed")
+
+    loaded.model.forward = explode
+    try:
+        *_, (final, stats) = demo.chat_turn([{"role": "user", "content": "Hi"}], demo.policies()[0], "", 0.0, 1.0,
+                                            8, 1, None)
+    finally:
+        loaded.model.forward = original
+    assert final[-1]["content"].startswith("Error: generation failed: RuntimeError") and "the kernel crashed" in \
+        final[-1]["content"]
+    *_, (final, _) = demo.chat_turn([{"role": "user", "content": "Hi"}], demo.policies()[0], "", 0.0, 1.0, 8, 1, None)
+    assert not final[-1]["content"].startswith("Error")  # the next turn works
+
+
+def test_download_is_a_copy_of_every_vote(demo):
+    import gradio as gr
+
+    with pytest.raises(gr.Error, match="No votes yet"):
+        demo.download_votes()
+    prompt = [{"role": "user", "content": "Q?"}]
+    for vote in ("a_better", "tie"):
+        demo.votes.append(arena.vote_record(prompt, "yes", "no", "m1", "m2", vote, {"temperature": 0.7}))
+    copy = Path(demo.download_votes())
+    assert [json.loads(line) for line in copy.read_text().splitlines()] == arena.read_votes(demo.votes.folder)
+    table = demo.votes_table()
+    assert list(table["vote"]) == ["a_better", "tie"] and list(table["prompt"]) == ["Q?", "Q?"]
+
+
+def test_a_stopped_job_keeps_its_folder_and_says_so(demo, workdir):
+    from open_rlhf import jobs
+
+    job = jobs.TrainingJob.start("dpo", str(workdir / "runs/tiny/policy-a"), str(demo.votes.folder),
+                                 runs_dir=workdir / "runs-jobs", max_steps=10_000, batch_size=1)
+    deadline = time.monotonic() + 180
+    while job.poll().step < 1 and job.poll().state == "running" and time.monotonic() < deadline:
+        time.sleep(0.5)
+    running = job.poll()
+    assert running.state == "running" and running.step >= 1 and running.losses, running.log_tail
+    assert running.describe().startswith("running: step ")
+    job.stop()
+    stopped = job.poll()
+    assert stopped.state == "stopped" and job.output_dir.is_dir() and not outputs.is_complete(job.output_dir)
+    assert "is kept" in stopped.describe()
+
+
+def test_binding_all_interfaces_warns(tmp_path, workdir):
+    srv = Server(tmp_path, "--model", str(workdir / "runs/tiny/policy-a"), "--host", "0.0.0.0",
+                 "--runs_dir", str(tmp_path / "runs"))
+    srv.stop()
+    assert "WARNING: binding 0.0.0.0: the demo is reachable from other machines by anyone (no --auth)" in \
+        srv.log.read_text()

@@ -141,7 +141,7 @@ class Demo:
                 raise UserError("best-of-N needs a reward model: pick one (or start the demo with --reward_model).")
             yield "", f"`{model}` · sampling {settings.best_of_n} replies, scoring them with `{reward_model}` ..."
             result = chat.best_of_n(loaded, messages, settings, self.pool.reward_model(reward_model), **self.limits())
-            scores = ", ".join(f"{s:.2f}" for s in result.scores)
+            scores = ", ".join(f"{s:.3f}" for s in result.scores)
             yield result.text, (f"`{model}` · best of {settings.best_of_n} by `{reward_model}`: reward "
                                 f"**{result.score:.3f}** (all: {scores}) · {result.new_tokens} tokens in "
                                 f"{result.elapsed_s:.1f} s")

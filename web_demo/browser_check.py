@@ -42,6 +42,8 @@ class BrowserCheck:
     reveal: str = ""
     votes_table: str = ""
     report_images: list[int] = field(default_factory=list)  # naturalWidth of each image of the report
+    job_status: str = ""  # the Feedback tab's job line after training (with train_steps)
+    picker: list[str] = field(default_factory=list)  # the Chat tab's model choices after training
     screenshots: dict[str, Path] = field(default_factory=dict)
 
 
@@ -63,8 +65,12 @@ _WATCH_REPLY = """
 
 def check_demo(url: str, out_dir: str | Path, message: str = "What is the capital of France?",
                arena_prompt: str = "Name a fruit that is yellow.", timeout_ms: int = 120_000,
-               chromium: str | None = None) -> BrowserCheck:
+               chromium: str | None = None, train_steps: int = 0, job_timeout_ms: int = 900_000) -> BrowserCheck:
     """Run the browser check against the demo at ``url``; screenshots go to ``out_dir/<tab>.png``.
+
+    With ``train_steps``, the Feedback tab then trains a DPO policy on the votes for that many steps (its button),
+    waits for the job to finish, and reads the Chat tab's model picker, where the new policy must appear
+    (``feedback-trained.png``, ``picker.png``).
 
     Raises:
         RuntimeError: when no Chromium is found.
@@ -130,9 +136,38 @@ def check_demo(url: str, out_dir: str | Path, message: str = "What is the capita
                 seen.report_images = images.evaluate_all("els => els.map(e => e.naturalWidth)")
             seen.screenshots["runs"] = out / "runs.png"
             page.screenshot(path=seen.screenshots["runs"], full_page=True)
+            if train_steps:
+                _train_from_votes(page, seen, out, train_steps, job_timeout_ms)
         finally:
             browser.close()
     return seen
+
+
+def _train_from_votes(page, seen: BrowserCheck, out: Path, steps: int, timeout_ms: int) -> None:
+    """Feedback tab: train DPO on the votes; then the Chat tab's picker must list the new policy."""
+    from playwright.sync_api import expect
+
+    page.get_by_role("tab", name="Feedback").click()
+    steps_box = page.get_by_label("Steps")
+    steps_box.fill(str(steps))
+    page.locator("#job-start").click()
+    status = page.locator("#job-status")
+    expect(status).to_contain_text("running", timeout=60_000)
+    expect(status).to_contain_text("finished", timeout=timeout_ms)
+    seen.job_status = status.inner_text()
+    page.wait_for_timeout(1500)  # one more tick of the job timer: the loss curve's last point
+    seen.screenshots["feedback-trained"] = out / "feedback-trained.png"
+    page.screenshot(path=seen.screenshots["feedback-trained"], full_page=True)
+    page.get_by_role("tab", name="Chat").click()
+    page.get_by_role("button", name="↻ Refresh models").click()
+    page.wait_for_timeout(500)
+    page.locator("#chat-model input").click()
+    options = page.get_by_role("option")
+    options.first.wait_for()
+    seen.picker = [text.strip() for text in options.all_inner_texts()]
+    seen.screenshots["picker"] = out / "picker.png"
+    page.screenshot(path=seen.screenshots["picker"])
+    page.keyboard.press("Escape")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -141,11 +176,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="web_demo/screenshots", help="folder for <tab>.png")
     p.add_argument("--message", default="What is the capital of France?")
     p.add_argument("--arena_prompt", default="Name a fruit that is yellow.")
+    p.add_argument("--train_steps", type=int, default=0, help="then train DPO on the votes (Feedback tab) this long")
     args = p.parse_args(argv)
-    seen = check_demo(args.url, args.out, args.message, args.arena_prompt)
+    seen = check_demo(args.url, args.out, args.message, args.arena_prompt, train_steps=args.train_steps)
     print(f"reply seen in {len(seen.reply_states)} states; last: {seen.reply_states[-1:]}")
     print(f"arena: {seen.reveal!r}")
     print(f"report images (natural widths): {seen.report_images}")
+    if args.train_steps:
+        print(f"job: {seen.job_status!r}\nmodel picker: {seen.picker}")
     for name, path in seen.screenshots.items():
         print(f"{name}: {path}")
     return 0
