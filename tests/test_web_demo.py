@@ -132,6 +132,8 @@ def test_chat_api_refuses_a_prompt_over_the_limit(server):
 
     with pytest.raises(AppError, match="characters long; this server accepts at most 4000"):
         server.client().predict("x" * 4001, "", "", 0.0, 0.9, 8, api_name="/chat")
+    with pytest.raises(AppError, match=r"unknown policy '/tmp'; this server offers: runs/tiny/policy-a, "):
+        server.client().predict("hi", "/tmp", "", 0.0, 0.9, 8, api_name="/chat")  # no loading of arbitrary paths
 
 
 def test_models_lists_every_policy_and_the_default(server):

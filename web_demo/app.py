@@ -135,10 +135,11 @@ class Demo:
     def reply(self, messages: list[dict], model: str, settings: chat.GenerationSettings, reward_model: str | None,
               stop_event: threading.Event) -> Iterator[tuple[str, str]]:
         """``(reply so far, stats line)`` while one reply is generated (streamed, or best-of-N at once)."""
-        loaded = self.pool.policy(model)
+        loaded = self.pool.policy(self.check_model(model))
         if settings.best_of_n > 1:
             if not reward_model:
                 raise UserError("best-of-N needs a reward model: pick one (or start the demo with --reward_model).")
+            self.check_model(reward_model, "reward model")
             yield "", f"`{model}` · sampling {settings.best_of_n} replies, scoring them with `{reward_model}` ..."
             result = chat.best_of_n(loaded, messages, settings, self.pool.reward_model(reward_model), **self.limits())
             scores = ", ".join(f"{s:.3f}" for s in result.scores)
@@ -305,6 +306,10 @@ class Demo:
             if not decisive:
                 raise gr.Error("No decisive votes yet (A better / B better): vote in the Arena first.")
             kind = {"DPO policy": "dpo", "reward model": "reward"}.get(kind, kind)
+            try:
+                self.check_model(model)
+            except UserError as error:
+                raise gr.Error(str(error)) from error
             self.job = jobs.TrainingJob.start(kind, model, str(self.votes.folder), runs_dir=self.runs_dir,
                                               max_steps=int(max_steps), learning_rate=float(learning_rate),
                                               beta=float(beta), batch_size=min(4, decisive))
@@ -315,18 +320,29 @@ class Demo:
             return "no job yet"
         return self.job.poll().describe()
 
-    def job_view(self):
-        """Status, loss curve and log of the current job, and the refreshed model pickers (a finished model joins)."""
+    def job_view(self, known: list | None):
+        """Status, loss curve and log of the current job; the model pickers when their choices changed since
+        ``known`` (this browser session's last lists), which is how a finished model joins the pickers."""
+        lists = [self.policies(), self.reward_models()]
+        pickers = [gr.update(choices=lists[0]), gr.update(choices=lists[0]), gr.update(choices=lists[1])]
+        if known == lists:
+            pickers = [gr.update()] * 3
         if self.job is None:
-            return "No training job yet.", pd.DataFrame({"step": [], "loss": []}), "", gr.update(), gr.update()
+            return ("No training job yet.", pd.DataFrame({"step": [], "loss": []}), "", *pickers, lists)
         status = self.job.poll()
         curve = pd.DataFrame(status.losses, columns=["step", "loss"])
-        if status.state == "finished":
-            choices = self.policies() if self.job.command[1].endswith("train_dpo.py") else None
-            rewards = self.reward_models()
-            return (status.describe(), curve, status.log_tail,
-                    gr.update(choices=choices) if choices else gr.update(), gr.update(choices=rewards))
-        return status.describe(), curve, status.log_tail, gr.update(), gr.update()
+        return (status.describe(), curve, status.log_tail, *pickers, lists)
+
+    def check_model(self, model: str, kind: str = "policy") -> str:
+        """``model`` if the picker offers it; anything else is refused (no loading of arbitrary server paths).
+
+        Raises:
+            UserError: naming the models there are.
+        """
+        offered = self.policies() if kind == "policy" else self.reward_models()
+        if model not in offered:
+            raise UserError(f"unknown {kind} {model!r}; this server offers: {', '.join(offered) or 'none'}")
+        return model
 
     def stop_job(self) -> str:
         if self.job is None:
@@ -477,8 +493,9 @@ def build_ui(demo: Demo) -> gr.Blocks:
                 train.click(demo.start_job, [job_kind, job_model, job_steps, job_lr, job_beta], job_text,
                             api_visibility="private")
                 stop_train.click(demo.stop_job, None, job_text, api_visibility="private")
-                timer.tick(demo.job_view, None, [job_text, loss_plot, job_log, job_model, reward_model],
-                           queue=False, show_progress="hidden")
+                known_models = gr.State(None)
+                timer.tick(demo.job_view, known_models, [job_text, loss_plot, job_log, model, job_model, reward_model,
+                                                         known_models], queue=False, show_progress="hidden")
 
             with gr.Tab("Runs", id="runs"):
                 reports = demo.reports()
