@@ -5,8 +5,8 @@
 - `ModelPool` loads each model on first use (safetensors only, no remote code) and keeps the last few in memory.
 - `stream_reply` streams one reply with transformers' `TextIteratorStreamer`, applying the model's chat template to
   the whole conversation, and reports the time to first token and tokens/s; setting its ``stop_event`` cancels it.
-- `best_of_n` samples N replies in one batch and returns the one a reward model scores highest (best-of-N
-  sampling, as in Nakano et al. 2021, WebGPT, and Stiennon et al. 2020, Sec. 4).
+- `best_of_n` samples N replies in one batch and returns the one a reward model scores highest (best-of-N sampling,
+  as in Nakano et al. 2021, WebGPT, and Stiennon et al. 2020, Sec. 4), through `open_rlhf.inference.strategies`.
 
 Nothing here imports gradio: the UI is ``web_demo/app.py``.
 """
@@ -414,7 +414,6 @@ class BestOfN:
     elapsed_s: float
 
 
-@torch.inference_mode()
 def best_of_n(loaded: LoadedModel, messages: Sequence[dict], settings: GenerationSettings, scorer,
               max_chars: int = DEFAULT_MAX_PROMPT_CHARS, max_tokens: int = DEFAULT_MAX_PROMPT_TOKENS) -> BestOfN:
     """Sample ``settings.best_of_n`` replies in one batch and return the one ``scorer`` rates highest.
@@ -432,23 +431,16 @@ def best_of_n(loaded: LoadedModel, messages: Sequence[dict], settings: Generatio
     Raises:
         PromptTooLongError: over the prompt limits.
     """
-    start = time.perf_counter()
-    tokenizer = loaded.tokenizer
-    input_ids = check_prompt(tokenizer, messages, max_chars, max_tokens).to(loaded.model.device)
-    kwargs = settings.generate_kwargs()
-    if not kwargs["do_sample"]:
-        kwargs = {**GenerationSettings(settings.max_new_tokens, 1.0, 1.0).generate_kwargs()}
-    out = loaded.model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
-                                num_return_sequences=settings.best_of_n, eos_token_id=loaded.stop_ids,
-                                pad_token_id=tokenizer.pad_token_id, **kwargs)
-    responses = out[:, input_ids.shape[1]:]
-    from open_rlhf.rl_math import response_mask_after_eos
+    from open_rlhf.inference import strategies
 
-    mask, _ = response_mask_after_eos(responses, loaded.stop_ids)
-    texts = [tokenizer.decode(responses[i][mask[i]], skip_special_tokens=True) for i in range(responses.shape[0])]
-    scores = [float(s) for s in scorer([list(messages)] * len(texts), texts)]
-    best = max(range(len(texts)), key=scores.__getitem__)
-    return BestOfN(texts[best], scores[best], scores, texts, int(mask.sum()), time.perf_counter() - start)
+    start = time.perf_counter()
+    check_prompt(loaded.tokenizer, messages, max_chars, max_tokens)
+    temperature, top_p = (settings.temperature, settings.top_p) if settings.temperature > 0 else (1.0, 1.0)
+    (result,) = strategies.best_of_n(loaded.model, loaded.tokenizer, [list(messages)], scorer, n=settings.best_of_n,
+                                     max_new_tokens=settings.max_new_tokens, temperature=temperature, top_p=top_p,
+                                     batch_size=settings.best_of_n)
+    return BestOfN(result.response, result.score, result.scores, result.candidates, result.num_tokens,
+                   time.perf_counter() - start)
 
 
 def interleave(streams: Sequence[Iterator]) -> Iterator[tuple[int, object, BaseException | None]]:

@@ -1,0 +1,13 @@
+"""Inference-time compute: spend more generation at test time to get better answers.
+
+TRL 1.16 has none of this any more: it removed its ``BestOfNSampler`` (``trl.extras.best_of_n_sampler``) and its
+PRM trainer, so these modules are ours.
+
+- `sampling`: N samples per prompt in batched ``generate`` calls, with their token counts.
+- `strategies`: greedy, sampling, best-of-N with any reward spec, self-consistency (majority vote over final answers)
+  and adaptive consistency (sample until the answers agree with a stated confidence, or a budget is spent).
+- `speculative`: speculative decoding through transformers' assisted generation (a draft model, prompt lookup, or a
+  self-speculative draft made of the target's first layers).
+
+``scripts/generate.py`` runs any strategy over a prompts file.
+"""

@@ -1,0 +1,157 @@
+"""``scripts/generate.py``: run one inference-time strategy over a prompts file and write one JSON line per prompt.
+
+    python scripts/generate.py --model runs/default/ppo --prompts builtin --num_prompts 32 --strategy self_consistency --n 8
+    python scripts/generate.py --model runs/default/ppo --prompts FILE --strategy best_of_n --n 8 --reward model:runs/default/reward
+    python scripts/generate.py --prompts ../shared/data/gsm8k/test.jsonl --strategy adaptive --max_samples 16 --confidence 0.95
+    python scripts/generate.py --prompts FILE --strategy speculative --speculative prompt_lookup
+
+``--prompts`` is anything `open_rlhf.data.load_prompt_dataset` reads as prompts (a JSONL file with a ``prompt``
+field, a string or chat messages; GSM8K; ``builtin``, whose held-out split is used), with an ``answer`` column when
+the source has one: then each row says whether the answer is correct and the summary gives the accuracy. Rows:
+``prompt, response, strategy, answer, gold, correct, score, num_samples, num_tokens, seconds``. The output file is
+written once, atomically, and never overwrites an existing one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from open_rlhf.errors import ConfigError, OutputDirError, user_errors
+
+STRATEGIES = ("greedy", "sample", "best_of_n", "self_consistency", "adaptive", "speculative")
+
+
+def make_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="generate.py", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
+    p.add_argument("--model", default=None, help="a policy folder or hub id (default: the default model)")
+    p.add_argument("--prompts", default="builtin", help="prompts file / folder / hub id, or builtin (held-out split)")
+    p.add_argument("--split", default=None, help="split to read (default: eval for builtin, else train)")
+    p.add_argument("--num_prompts", type=int, default=None, help="the first N prompts only")
+    p.add_argument("--strategy", choices=STRATEGIES, default="greedy")
+    p.add_argument("--n", type=int, default=8, help="samples per prompt (best_of_n, self_consistency)")
+    p.add_argument("--reward", default=None, help="reward spec for best_of_n, e.g. model:runs/default/reward or math")
+    p.add_argument("--max_new_tokens", type=int, default=256)
+    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (0 = greedy)")
+    p.add_argument("--top_p", type=float, default=1.0)
+    p.add_argument("--batch_size", type=int, default=16, help="sequences per generate call")
+    p.add_argument("--max_samples", type=int, default=16, help="adaptive: the budget per prompt")
+    p.add_argument("--confidence", type=float, default=0.95, help="adaptive: stop when the majority is this sure")
+    p.add_argument("--speculative", choices=("none", "draft_model", "prompt_lookup", "self_speculative"),
+                   default="prompt_lookup", help="speculative: the draft")
+    p.add_argument("--draft_model", default=None, help="speculative draft_model: a smaller model, same tokenizer")
+    p.add_argument("--draft_layers", type=int, default=None, help="self_speculative: the draft's depth (default L/4)")
+    p.add_argument("--output", default=None, help="JSONL output file (default: runs/generate/<time>.jsonl)")
+    p.add_argument("--seed", type=int, default=0)
+    return p
+
+
+def _check(args) -> None:
+    if args.n < 1 or args.max_samples < 1:
+        raise ConfigError(f"--n and --max_samples must be >= 1, got {args.n} and {args.max_samples}")
+    if args.num_prompts is not None and args.num_prompts < 1:
+        raise ConfigError(f"--num_prompts must be >= 1, got {args.num_prompts}")
+    if args.strategy == "best_of_n" and not args.reward:
+        raise ConfigError("--strategy best_of_n needs --reward (a reward spec: model:PATH for a reward model, or a "
+                          "verifier such as math when the prompts have gold answers)")
+    if not 0 < args.confidence < 1:
+        raise ConfigError(f"--confidence must be in (0, 1), got {args.confidence}")
+    if args.max_new_tokens < 1:
+        raise ConfigError(f"--max_new_tokens must be >= 1, got {args.max_new_tokens}")
+
+
+def _output_path(output: str | None) -> Path:
+    from datetime import datetime, timezone
+
+    if output is None:
+        return Path("runs") / "generate" / f"{datetime.now(timezone.utc):%Y%m%d-%H%M%S}.jsonl"
+    path = Path(output).expanduser()
+    if path.exists():
+        raise OutputDirError(f"--output {path} already exists; outputs are never overwritten. Fix: pass a new file "
+                             "name, or leave --output out for runs/generate/<time>.jsonl.")
+    return path
+
+
+def run(args) -> Path:
+    """Run ``args.strategy`` over the prompts; write the rows; return the output path (see the module docstring)."""
+    import torch
+
+    from open_rlhf import data, models
+    from open_rlhf.atomic import atomic_write_text
+    from open_rlhf.inference import speculative, strategies
+    from open_rlhf.rewards import build_reward_functions, check_columns
+    from open_rlhf.tasks.gsm8k import normalize_number
+
+    _check(args)
+    out_path = _output_path(args.output)
+    split = args.split or ("eval" if args.prompts.strip().lower().startswith("builtin") else "train")
+    dataset = data.load_prompt_dataset(args.prompts, split=split)
+    if args.num_prompts:
+        dataset = dataset.select(range(min(args.num_prompts, len(dataset))))
+    prompts = list(dataset["prompt"])
+    gold = list(dataset["answer"]) if "answer" in dataset.column_names else None
+    reward = None
+    if args.strategy == "best_of_n":
+        reward = build_reward_functions(args.reward)
+        check_columns(reward, dataset.column_names, args.prompts)
+    torch.manual_seed(args.seed)
+    model, tokenizer = models.load_inference_model(args.model)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    common = dict(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
+    sampling = dict(temperature=args.temperature, top_p=args.top_p, **common)
+    start = time.perf_counter()
+    if args.strategy == "greedy":
+        results = strategies.greedy(model, tokenizer, prompts, **common)
+    elif args.strategy == "sample":
+        results = strategies.sampled(model, tokenizer, prompts, **sampling)
+    elif args.strategy == "best_of_n":
+        columns = {c: list(dataset[c]) for c in reward.required_columns}
+        results = strategies.best_of_n(model, tokenizer, prompts, reward, n=args.n, columns=columns, **sampling)
+    elif args.strategy == "self_consistency":
+        results = strategies.self_consistency(model, tokenizer, prompts, n=args.n, **sampling)
+    elif args.strategy == "adaptive":
+        results = strategies.adaptive_consistency(model, tokenizer, prompts, max_samples=args.max_samples,
+                                                  confidence=args.confidence, **sampling)
+    else:
+        draft = None
+        if args.speculative == "draft_model":
+            if not args.draft_model:
+                raise ConfigError("--speculative draft_model needs --draft_model PATH (a smaller model with the "
+                                  "same tokenizer)")
+            draft, _ = models.load_inference_model(args.draft_model, device=model.device)
+        elif args.speculative == "self_speculative" and args.draft_layers:
+            draft = speculative.layer_skip_draft(model, args.draft_layers)
+        results = []
+        for prompt in prompts:
+            out = speculative.generate(model, tokenizer, prompt, args.speculative, args.max_new_tokens, draft=draft)
+            results.append(strategies.Result(out.text, strategies.extract_final_answer(out.text), None, 1,
+                                             out.num_tokens, [out.text]))
+    seconds = time.perf_counter() - start
+    rows = []
+    for i, (prompt, result) in enumerate(zip(prompts, results, strict=True)):
+        row = {"prompt": prompt, "response": result.response, "strategy": args.strategy, "answer": result.answer,
+               "score": result.score, "num_samples": result.num_samples, "num_tokens": result.num_tokens,
+               "seconds": seconds / len(prompts)}
+        if gold is not None:
+            row["gold"] = gold[i]
+            row["correct"] = result.answer is not None and result.answer == normalize_number(str(gold[i]))
+        rows.append(row)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out_path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    tokens = sum(r["num_tokens"] for r in rows) / len(rows)
+    samples = sum(r["num_samples"] for r in rows) / len(rows)
+    summary = (f"{args.strategy}: {len(rows)} prompts, {samples:.2f} samples and {tokens:.0f} generated tokens per "
+               f"prompt, {seconds:.1f} s")
+    if gold is not None:
+        summary += f"; accuracy {sum(r['correct'] for r in rows) / len(rows):.3f}"
+    print(summary + f"\nrows: {out_path}", flush=True)
+    return out_path
+
+
+def generate_main(argv: list[str] | None = None) -> None:
+    with user_errors():
+        run(make_parser().parse_args(argv))
