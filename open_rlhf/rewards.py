@@ -16,6 +16,8 @@ Reward spec grammar (`build_reward_functions`): comma-separated terms, each ``[W
     format            the last non-empty line is `#### <number>` (`format_reward`)
     length[:CHARS]    -max(0, n - CHARS) / CHARS with n the completion length in characters (`length_penalty`)
     model:PATH        a reward model saved by `train_reward.py` (loaded on first call)
+    ensemble:P1|P2|...[@LAMBDA]   reward models P1, P2, ... (``|``-separated: a comma separates terms); the mean
+                      score minus LAMBDA (default 0) times their standard deviation (`RewardModelEnsemble`)
 
 e.g. ``"math"``, ``"accuracy,0.2*format"``, ``"model:runs/default/reward"``,
 ``"1.0*math,0.1*format,0.5*length:400"``. The result, a `RewardSpec`, is itself a reward function (the
@@ -42,7 +44,7 @@ from open_rlhf.errors import ConfigError, ModelNotFoundError, RewardSpecError
 from open_rlhf.tasks import gsm8k
 from open_rlhf.tasks.gsm8k import extract_final_answer, normalize_number
 
-__all__ = ["DEFAULT_LENGTH_TARGET_CHARS", "LazyRewardModelScorer", "RewardModelScorer", "RewardSpec", "RewardTerm",
+__all__ = ["DEFAULT_LENGTH_TARGET_CHARS", "LazyRewardModelScorer", "RewardModelEnsemble", "RewardModelScorer", "RewardSpec", "RewardTerm",
            "accuracy_reward", "build_reward_functions", "check_columns", "completion_text", "extract_final_answer",
            "format_reward", "length_penalty", "math_verify_reward", "normalize_number", "parse_reward_spec"]
 
@@ -294,6 +296,48 @@ class LazyRewardModelScorer:
         return f"LazyRewardModelScorer({self.reward_model_path!r})"
 
 
+class RewardModelEnsemble:
+    """K reward models scoring together: their mean, their spread, and the conservative mean - lambda * std.
+
+    For each completion, with scores ``r_1..r_K``: ``mean = sum_k r_k / K``, ``std = sqrt(sum_k (r_k - mean)^2 / K)``
+    (the population deviation), and calling the ensemble returns ``mean - penalty * std``. Penalising disagreement
+    is the uncertainty-weighted objective of Coste et al. 2023 ("Reward Model Ensembles Help Mitigate
+    Overoptimization", ICLR 2024, Sec. 3.2), which subtracts ``lambda * variance``; we use the standard deviation,
+    which has the reward's own unit, so ``penalty`` reads in standard deviations.
+
+    Args:
+        scorers: K >= 2 reward functions (`LazyRewardModelScorer` / `RewardModelScorer`).
+        penalty (`float`): lambda >= 0; 0 gives the plain mean.
+
+    Raises:
+        ValueError: for fewer than two scorers or a negative penalty.
+    """
+
+    def __init__(self, scorers: Sequence[RewardFunction], penalty: float = 0.0):
+        if len(scorers) < 2 or penalty < 0:
+            raise ValueError(f"an ensemble needs >= 2 scorers and penalty >= 0, got {len(scorers)} and {penalty}")
+        self.scorers = list(scorers)
+        self.penalty = float(penalty)
+        self.__name__ = "ensemble"
+
+    def mean_and_std(self, prompts: Sequence, completions: Sequence, **kwargs) -> tuple[list[float], list[float]]:
+        """Per completion: the mean score `(N,)` and the standard deviation `(N,)` over the K models."""
+        scores = torch.tensor([list(map(float, f(prompts, completions, **kwargs))) for f in self.scorers])  # (K, N)
+        return scores.mean(0).tolist(), scores.std(0, correction=0).tolist()
+
+    def to(self, device) -> RewardModelEnsemble:
+        for scorer in self.scorers:
+            scorer.to(device)
+        return self
+
+    def __call__(self, prompts: Sequence, completions: Sequence, **kwargs) -> list[float]:
+        mean, std = self.mean_and_std(prompts, completions, **kwargs)
+        return [m - self.penalty * s for m, s in zip(mean, std, strict=True)]
+
+    def __repr__(self) -> str:
+        return f"RewardModelEnsemble({self.scorers!r}, penalty={self.penalty})"
+
+
 @dataclass
 class RewardSpec:
     """Reward terms and their weights; calling it returns the weighted sum, so it is a reward function itself.
@@ -353,7 +397,7 @@ class RewardSpec:
         return total
 
 
-_SPEC_HELP = ("Valid names: accuracy, math, format, length[:TARGET_CHARS], model:PATH; each term is "
+_SPEC_HELP = ("Valid names: accuracy, math, format, length[:TARGET_CHARS], model:PATH, ensemble:P1|P2[@LAMBDA]; each term is "
               "[WEIGHT*]NAME[:ARGUMENT], terms separated by commas. Example: '1.0*math,0.1*format,0.5*length:400'.")
 
 
@@ -382,6 +426,21 @@ def _build_term(name: str, argument: str | None, where: str) -> tuple[RewardFunc
             raise ModelNotFoundError(f"{where}: reward model directory {argument!r} does not exist. Train one with "
                                     f"scripts/train_reward.py (it writes e.g. runs/default/reward) or fix the path.")
         return LazyRewardModelScorer(argument), ()
+    if name == "ensemble":
+        paths_text, at, penalty_text = (argument or "").partition("@")
+        paths = [p.strip() for p in paths_text.split("|") if p.strip()]
+        try:
+            penalty = float(penalty_text) if at else 0.0
+        except ValueError:
+            penalty = math.nan
+        if len(paths) < 2 or not math.isfinite(penalty) or penalty < 0:
+            raise RewardSpecError(f"{where}: 'ensemble' needs two or more reward model folders separated by '|' and "
+                                  f"an optional '@LAMBDA' >= 0, as in 'ensemble:runs/rm-0|runs/rm-1@0.5'. {_SPEC_HELP}")
+        missing = [p for p in paths if not Path(p).is_dir()]
+        if missing:
+            raise ModelNotFoundError(f"{where}: reward model folder(s) {missing} do not exist. Train them with "
+                                     "scripts/train_reward.py (e.g. one per --seed) or fix the paths.")
+        return RewardModelEnsemble([LazyRewardModelScorer(p) for p in paths], penalty), ()
     raise RewardSpecError(f"{where}: unknown reward name {name!r}. {_SPEC_HELP}")
 
 

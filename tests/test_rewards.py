@@ -1,6 +1,7 @@
 """Answer extraction, the verifiable, format and length rewards, and reward specs (`build_reward_functions`)."""
 
 import threading
+from pathlib import Path
 
 import pytest
 import torch
@@ -240,3 +241,59 @@ def test_model_term_scores_like_the_reward_model_scorer(tmp_path, tokenizer):
     weighted = build_reward_functions(f"0.5*model:{tmp_path},format")
     assert weighted(prompts, completions) == pytest.approx([0.5 * direct[0] + 1.0, 0.5 * direct[1] + 1.0,
                                                             0.5 * direct[2]], abs=1e-5)
+
+
+def test_ensemble_mean_std_and_the_conservative_score():
+    from open_rlhf.rewards import RewardModelEnsemble
+
+    def constant(*values):
+        return lambda prompts, completions, **_: list(values)
+
+    ensemble = RewardModelEnsemble([constant(1.0, 0.0), constant(3.0, 0.0), constant(2.0, 3.0)], penalty=0.5)
+    mean, std = ensemble.mean_and_std(["p", "q"], ["a", "b"])
+    assert mean == pytest.approx([2.0, 1.0])
+    assert std == pytest.approx([(2 / 3) ** 0.5, 2 ** 0.5])  # population std: sqrt(((1)^2 + (1)^2 + 0) / 3), ...
+    assert ensemble(["p", "q"], ["a", "b"]) == pytest.approx([2.0 - 0.5 * (2 / 3) ** 0.5, 1.0 - 0.5 * 2 ** 0.5])
+    with pytest.raises(ValueError, match=">= 2 scorers"):
+        RewardModelEnsemble([constant(1.0)])
+
+
+def test_ensemble_spec_scores_with_its_reward_models(tokenizer, tmp_path):
+    from open_rlhf.rewards import RewardModelScorer
+    from tests.conftest import save_tiny_model
+
+    paths = [str(save_tiny_model(tmp_path / f"rm{i}", tokenizer, seed=i, reward=True)) for i in range(3)]
+    spec = build_reward_functions(f"ensemble:{'|'.join(paths)}@1.5")
+    prompts, completions = ["What is 2 + 2?"] * 2, ["4", "#### 5"]
+    each = torch.tensor([RewardModelScorer.from_pretrained(p)(prompts, completions) for p in paths])
+    expected = each.mean(0) - 1.5 * each.std(0, correction=0)
+    assert spec(prompts, completions) == pytest.approx(expected.tolist(), abs=1e-5)
+    assert spec.names == ["ensemble"]
+
+
+@pytest.mark.parametrize("spec, match", [
+    ("ensemble:", "needs two or more reward model folders"),
+    ("ensemble:only-one", "needs two or more reward model folders"),
+    ("ensemble:a|b@-1", "needs two or more reward model folders"),
+    ("ensemble:a|b@x", "needs two or more reward model folders"),
+    ("ensemble:/no/such/a|/no/such/b", r"reward model folder\(s\) \['/no/such/a', '/no/such/b'\] do not exist"),
+])
+def test_bad_ensemble_specs_are_clear_errors(spec, match):
+    with pytest.raises((ValueError, FileNotFoundError), match=match):
+        build_reward_functions(spec)
+
+
+def test_train_reward_ensemble_refuses_bad_arguments(capsys):
+    import importlib.util
+
+    from open_rlhf.errors import EXIT_USER_ERROR
+
+    spec = importlib.util.spec_from_file_location(
+        "train_reward_ensemble", Path(__file__).resolve().parents[1] / "scripts" / "train_reward_ensemble.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    for argv, message in ((["--k", "1", "--output_dir", "x"], "--k must be >= 2"),
+                          (["--output_dir", "x", "--", "--seed", "3"], "--seed after '--' would be overridden")):
+        with pytest.raises(SystemExit) as exit_info:
+            script.main(argv)
+        assert exit_info.value.code == EXIT_USER_ERROR and message in capsys.readouterr().err
