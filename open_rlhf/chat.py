@@ -20,13 +20,15 @@ import queue
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
 from open_rlhf import models, outputs
 from open_rlhf.errors import ConfigError, UserError
+from open_rlhf.hardware import default_device
+from open_rlhf.inference.sampling import decoding_kwargs
 
 logger = logging.getLogger(__name__)
 
@@ -68,11 +70,8 @@ class GenerationSettings:
         self.temperature, self.top_p = float(self.temperature), float(self.top_p)
 
     def generate_kwargs(self) -> dict:
-        """`model.generate` keyword arguments for these settings."""
-        if self.temperature == 0:
-            return {"do_sample": False, "max_new_tokens": self.max_new_tokens}
-        return {"do_sample": True, "temperature": self.temperature, "top_p": self.top_p, "top_k": 0,
-                "max_new_tokens": self.max_new_tokens}
+        """`model.generate` keyword arguments for these settings (`open_rlhf.inference.sampling.decoding_kwargs`)."""
+        return {**decoding_kwargs(self.temperature, self.top_p), "max_new_tokens": self.max_new_tokens}
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -80,13 +79,11 @@ class GenerationSettings:
 
 @dataclass
 class LoadedModel:
-    """A policy ready to chat: the model (eval mode), its tokenizer (with a chat template) and where it came from."""
+    """A policy ready to chat: where it came from, the model (eval mode) and its tokenizer (with a chat template)."""
 
-    name: str
     path: str
     model: torch.nn.Module
     tokenizer: object
-    lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
     def stop_ids(self) -> list[int]:
@@ -205,10 +202,6 @@ def list_reports(runs_dir: str | Path = "runs") -> list[Path]:
 # Loading
 # ------------------------------------------------------------------------------------------------------------
 
-def default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 class ModelPool:
     """Loads policies and reward models on first use and keeps the ``capacity`` most recently used in memory.
 
@@ -259,7 +252,7 @@ class ModelPool:
             if not tokenizer.chat_template:
                 raise ConfigError(f"the tokenizer of {path} has no chat template, so it cannot chat. Fix: "
                                          "pick an instruct model or one our SFT stage saved.")
-            return LoadedModel(path, path, model, tokenizer)
+            return LoadedModel(path, model, tokenizer)
 
         return self._get(("policy", path), load)
 
@@ -267,12 +260,8 @@ class ModelPool:
         """The `open_rlhf.rewards.RewardModelScorer` of the reward model at ``path``."""
         from open_rlhf.rewards import RewardModelScorer
 
-        def load():
-            tokenizer = models.load_tokenizer(path, padding_side="right")
-            model = models.load_scalar_head_model(path, tokenizer.pad_token_id, use_safetensors=True)
-            return RewardModelScorer(model.to(self.device), tokenizer)
-
-        return self._get(("reward", path), load)
+        return self._get(("reward", path), lambda: RewardModelScorer.from_pretrained(
+            path, device=self.device, model_kwargs={"use_safetensors": True}))
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -398,7 +387,7 @@ def stream_reply(loaded: LoadedModel, messages: Sequence[dict], settings: Genera
     finally:
         stop_event.set()  # a consumer that stops early (GeneratorExit) stops the thread too
         thread.join(timeout=30)
-        logger.info("reply from %s: %d tokens in %.1f s%s", loaded.name, streamer.new_tokens,
+        logger.info("reply from %s: %d tokens in %.1f s%s", loaded.path, streamer.new_tokens,
                     time.perf_counter() - start, " (cancelled)" if cancelled and not failure else "")
 
 

@@ -34,6 +34,11 @@ def accelerator_available() -> bool:
                 or torch.backends.mps.is_available())
 
 
+def default_device() -> str:
+    """Where inference runs by default: ``"cuda"`` when a CUDA GPU is visible, else ``"cpu"``."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def cpu_capability() -> str:
     """ATen's CPU kernel level, e.g. ``"AVX512"`` or ``"AVX2"`` (`torch.backends.cpu.get_cpu_capability`)."""
     return torch.backends.cpu.get_cpu_capability()

@@ -14,7 +14,7 @@
 of the numbers) into a fresh output folder; `interpret/attention_viz.py` and `interpret/logit_lens.py` are their
 command lines. Our own code: TRL and transformers have no plotting of either. matplotlib runs headless (Agg).
 
-This module imports `open_rlhf.errors`, `open_rlhf.atomic` and `open_rlhf.models` only.
+This module imports `open_rlhf.errors`, `open_rlhf.atomic`, `open_rlhf.hardware` and `open_rlhf.models` only.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from matplotlib.colors import PowerNorm  # noqa: E402
 from open_rlhf import models  # noqa: E402
 from open_rlhf.atomic import atomic_save_figure, atomic_write_text  # noqa: E402
 from open_rlhf.errors import ConfigError, ModelNotFoundError  # noqa: E402
+from open_rlhf.hardware import default_device  # noqa: E402
 
 # Attribute names of the final norm (the one applied just before the LM head) on a decoder stack:
 # Llama/Mistral/Qwen/Gemma `norm`, Phi/Falcon `final_layernorm`, GPT-2/GPT-J/BLOOM `ln_f`, Mamba `norm_f`, OPT.
@@ -163,10 +164,6 @@ def check_indices(indices: list[int] | None, count: int, flag: str, what: str, d
 def default_layers(num_layers: int) -> list[int]:
     """All layers of a model with at most 4; else the first, the middle and the last (0, 14, 29 for 30 layers)."""
     return list(range(num_layers)) if num_layers <= 4 else [0, (num_layers - 1) // 2, num_layers - 1]
-
-
-def default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -206,12 +206,13 @@ class RewardModelScorer:
 
     @classmethod
     def from_pretrained(cls, reward_model_path: str, device: str | torch.device | None = None,
-                        **kwargs) -> RewardModelScorer:
+                        model_kwargs: dict | None = None, **kwargs) -> RewardModelScorer:
         """Load a reward model saved by ``train_reward.py`` (model and tokenizer) onto ``device``.
 
         Args:
             reward_model_path (`str`): the model folder (or a hub id where the Hub is reachable).
             device (`str` or `torch.device`, *optional*): where to score; default the CPU.
+            model_kwargs (`dict`, *optional*): ``from_pretrained`` options of the model (e.g. ``use_safetensors``).
             **kwargs: `RewardModelScorer` options (``batch_size``, ``max_length``).
 
         Raises:
@@ -220,7 +221,7 @@ class RewardModelScorer:
         from open_rlhf import models
 
         tokenizer = models.load_tokenizer(reward_model_path, padding_side="right")
-        model = models.load_scalar_head_model(reward_model_path, tokenizer.pad_token_id)
+        model = models.load_scalar_head_model(reward_model_path, tokenizer.pad_token_id, **(model_kwargs or {}))
         if device is not None:
             model.to(device)
         return cls(model, tokenizer, **kwargs)

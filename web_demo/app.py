@@ -99,20 +99,24 @@ class Demo:
         self.rng = random.Random(args.seed)
 
     # -------------------------------------------------------------------------------------------- models
-    def policies(self) -> list[str]:
-        """Every model the picker offers: the ``--model``s, else the latest pipeline policy; then every finished
-        policy under ``runs/``; then ``default`` (the embedded default model)."""
+    def offered(self) -> tuple[list[str], list[str]]:
+        """The pickers' choices, from one walk of ``runs/``: the policies (the ``--model``s, else the latest pipeline
+        policy; then every finished policy under ``runs/``; then ``default``, the embedded default model) and the
+        reward models (the ``--reward_model``s, then every finished one under ``runs/``)."""
+        found = chat.discover_models(self.runs_dir)
         names = list(self.explicit)
         if not names:
             latest = chat.latest_pipeline_policy(self.runs_dir)
             if latest:
                 names.append(latest)
-        names += list(chat.discover_models(self.runs_dir)["policy"])
-        names.append("default")
-        return self._unique(names)
+        names += [*found["policy"], "default"]
+        return self._unique(names), self._unique(self.explicit_rewards + list(found["reward"]))
+
+    def policies(self) -> list[str]:
+        return self.offered()[0]
 
     def reward_models(self) -> list[str]:
-        return self._unique(self.explicit_rewards + list(chat.discover_models(self.runs_dir)["reward"]))
+        return self.offered()[1]
 
     @staticmethod
     def _unique(names: list[str]) -> list[str]:
@@ -323,7 +327,7 @@ class Demo:
     def job_view(self, known: list | None):
         """Status, loss curve and log of the current job; the model pickers when their choices changed since
         ``known`` (this browser session's last lists), which is how a finished model joins the pickers."""
-        lists = [self.policies(), self.reward_models()]
+        lists = list(self.offered())
         pickers = [gr.update(choices=lists[0]), gr.update(choices=lists[0]), gr.update(choices=lists[1])]
         if known == lists:
             pickers = [gr.update()] * 3
@@ -379,8 +383,7 @@ def rewrite_images(markdown: str, folder: Path) -> str:
 
 def build_ui(demo: Demo) -> gr.Blocks:
     """The Blocks app with the four tabs, wired to ``demo``'s handlers."""
-    policies = demo.policies()
-    rewards = demo.reward_models()
+    policies, rewards = demo.offered()
     with gr.Blocks(title="open_rlhf demo") as ui:
         gr.Markdown("# open_rlhf · chat, arena, feedback, runs")
         with gr.Tabs():
@@ -504,9 +507,9 @@ def build_ui(demo: Demo) -> gr.Blocks:
                 report.change(demo.render_report, report, report_view, queue=False)
 
         def refresh_models():
-            names = demo.policies()
+            names, rewards = demo.offered()
             return (gr.update(choices=names), gr.update(choices=names),
-                    gr.update(choices=demo.reward_models()), gr.update(choices=demo.reports()))
+                    gr.update(choices=rewards), gr.update(choices=demo.reports()))
 
         refresh.click(refresh_models, None, [model, job_model, reward_model, report], queue=False)
         ui.load(refresh_models, None, [model, job_model, reward_model, report], queue=False)
