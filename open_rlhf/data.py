@@ -69,6 +69,7 @@ FORMATS = {
     "messages": "messages",
     "prompt_only": "prompt",
     "unpaired_preference": "prompt, completion, label",
+    "stepwise": "prompt, completions (a list of steps), labels (one true/false per step)",
 }
 PAIR_FORMATS = ("hh_rlhf", "preference", "implicit_preference")  # the formats that hold preference pairs
 # The ``vote`` field of Arena votes (`open_rlhf.arena` writes them and re-exports these); only the decisive ones
@@ -76,7 +77,7 @@ PAIR_FORMATS = ("hh_rlhf", "preference", "implicit_preference")  # the formats t
 VOTE_TYPES = ("a_better", "b_better", "tie", "both_bad")
 DECISIVE_VOTES = ("a_better", "b_better")
 BUILTIN_SOURCES = ("builtin", "builtin:arithmetic")
-BUILTIN_SIZES = {"sft": 2000, "preference": 2000, "prompt": 2000}
+BUILTIN_SIZES = {"sft": 2000, "preference": 2000, "prompt": 2000, "stepwise": 2000}
 EVAL_SPLITS = ("eval", "test", "validation")
 # Split names that mark a folder's files as laid out by split ("train.jsonl", "test-00000.parquet").
 SPLIT_NAMES = tuple(dict.fromkeys(("train", "test", "eval", "validation", "dev", *EVAL_SPLITS)))
@@ -375,6 +376,8 @@ def _detect(columns: list[str], first_row: dict[str, Any] | None, name: str) -> 
         return "implicit_preference"
     if "messages" in cols:
         return "messages"
+    if {"prompt", "completions", "labels"} <= cols:
+        return "stepwise"
     if "prompt" in cols and "completion" in cols:
         return "unpaired_preference" if "label" in cols else "prompt_completion"
     if "prompt" in cols and not cols & {"chosen", "rejected", "completion"}:
@@ -394,7 +397,7 @@ def detect_format(dataset: Dataset) -> str:
 
     Returns:
         `str`, one of ``"hh_rlhf"``, ``"gsm8k"``, ``"prompt_completion"``, ``"preference"``,
-        ``"implicit_preference"``, ``"messages"``, ``"prompt_only"``, ``"unpaired_preference"``.
+        ``"implicit_preference"``, ``"messages"``, ``"prompt_only"``, ``"unpaired_preference"``, ``"stepwise"``.
 
     Raises:
         DataFormatError: when the columns match no known format; the message lists the columns found and
@@ -609,6 +612,24 @@ def _convert_standard(records: _Records, fmt: str, conversational: bool) -> list
     return rows
 
 
+def _convert_stepwise(records: _Records, conversational: bool) -> list[dict[str, Any]]:
+    """Stepwise supervision (TRL's format): ``completions`` a list of step strings, ``labels`` one bool per step."""
+    rows = []
+    for index, row in enumerate(records.rows):
+        where = records.where(index)
+        prompt = _as_messages(_check_turns(row["prompt"], "prompt", where), "user", conversational)
+        steps, labels = row["completions"], row["labels"]
+        if not isinstance(steps, list) or not steps or not all(isinstance(s, str) and s.strip() for s in steps):
+            raise DataFormatError(f"{where}: field 'completions' must be a non-empty list of non-empty step strings, "
+                                  f"got {steps!r:.80}. Fix: one string per solution step, e.g. one per line.")
+        if not isinstance(labels, list) or len(labels) != len(steps) or not all(isinstance(x, bool) for x in labels):
+            raise DataFormatError(f"{where}: field 'labels' must be a list of {len(steps)} true/false values, one per "
+                                  f"step of 'completions', got {labels!r:.80}. Fix: label each step true (correct) "
+                                  f"or false (wrong).")
+        rows.append({"prompt": prompt, "completions": list(steps), "labels": list(labels), **_extra(row)})
+    return rows
+
+
 def _decisive_votes(records: _Records) -> _Records:
     """The Arena votes of ``records`` whose ``vote`` is decisive (`DECISIVE_VOTES`), with their origins."""
     if not records.origins:  # a Hub dataset: number the rows as `_Records.where` does, before dropping some
@@ -647,6 +668,8 @@ def _standardize(records: _Records, conversational: bool) -> tuple[str, list[dic
         rows = _convert_gsm8k(records)
     elif fmt == "implicit_preference":
         rows = _convert_implicit(records, conversational)
+    elif fmt == "stepwise":
+        rows = _convert_stepwise(records, conversational)
     else:
         rows = _convert_standard(records, fmt, conversational)
     if not rows:
@@ -840,6 +863,42 @@ def load_prompt_dataset(source: str, split: str = "train", builtin_size: int = B
     return _truncate(_to_dataset(rows, name), max_samples, seed)
 
 
+def load_stepwise_dataset(source: str, split: str = "train", builtin_size: int = BUILTIN_SIZES["stepwise"],
+                          max_samples: int | None = None, seed: int = 42, conversational: bool = True) -> Dataset:
+    """Process-reward-model data: step-labelled solutions, or prompts with gold answers to label by Monte Carlo.
+
+    - ``"builtin"``: `open_rlhf.tasks.arithmetic.stepwise_dataset` (labels exact, from where each slip happens).
+    - stepwise-supervision data (``prompt``, ``completions``, ``labels``): checked and passed through.
+    - anything with prompts and gold answers (GSM8K, prompt + answer): ``prompt`` / ``answer`` rows without labels,
+      which the PRM stage labels with Monte-Carlo rollouts (`open_rlhf.inference.prm.monte_carlo_step_labels`).
+
+    Args:
+        source (`str`): a file, folder or Hub id (see `load_records`), or ``"builtin"``.
+        split, builtin_size, max_samples, seed, conversational: as in `load_prompt_dataset` (``builtin_size``
+            counts problems; each gives two rows).
+
+    Returns:
+        `datasets.Dataset`: ``prompt``, ``completions``, ``labels`` (+ ``answer``), or ``prompt`` and ``answer``.
+
+    Raises:
+        DataFormatError: for unreadable data, a bad ``completions``/``labels`` field (naming the line), or a source
+            with neither step labels nor gold answers.
+        DataNotFoundError: for a missing local file (a `FileNotFoundError`).
+    """
+    if _is_builtin(source):
+        return _truncate(arithmetic.stepwise_dataset(builtin_size, split=_builtin_split(split)), max_samples, seed)
+    fmt, rows, name = _load(source, split, conversational)
+    if fmt != "stepwise":
+        if not rows or "answer" not in rows[0]:
+            raise DataFormatError(f"{name} is in the {fmt} format ({FORMATS[fmt]}) with no gold 'answer' column, so "
+                                  f"its steps can be neither read nor labelled. Fix: give step labels "
+                                  f"({FORMATS['stepwise']}) or prompts with gold answers (e.g. GSM8K), which are "
+                                  f"labelled by Monte-Carlo rollouts.")
+        rows = [{"prompt": _prompt_of_messages(r["messages"]) if fmt == "messages" else r["prompt"],
+                 "answer": r["answer"]} for r in rows]
+    return _truncate(_to_dataset(rows, name), max_samples, seed)
+
+
 def _eval_amount(eval_size: int | float) -> int | float:
     """``eval_size`` as a count (`int`) or a fraction in (0, 1) (`float`); 64.0 from a CLI float is 64."""
     if isinstance(eval_size, bool) or not isinstance(eval_size, (int, float)) or eval_size < 0:
@@ -892,7 +951,8 @@ def load_splits(source: str, kind: str, eval_size: int | float, seed: int = 42, 
 
     Args:
         source (`str`): a file, folder or Hub id (see `load_records`), or ``"builtin"``.
-        kind (`str`): ``"sft"``, ``"preference"``, ``"unpaired"`` (KTO) or ``"prompt"``: which stage loader to use.
+        kind (`str`): ``"sft"``, ``"preference"``, ``"unpaired"`` (KTO), ``"prompt"`` or ``"stepwise"`` (PRM):
+            which stage loader to use.
             For ``"unpaired"`` from pairs, ``eval_size`` counts pairs of the source (twice as many examples);
             from native unpaired data it counts examples.
         eval_size (`int` or `float`): eval examples, a count (>= 1) or a fraction (< 1; of ``builtin_size``
@@ -916,7 +976,7 @@ def load_splits(source: str, kind: str, eval_size: int | float, seed: int = 42, 
     """
     loaders: dict[str, Callable[..., Dataset]] = {
         "sft": load_sft_dataset, "preference": load_preference_dataset, "prompt": load_prompt_dataset,
-        "unpaired": load_unpaired_dataset}
+        "unpaired": load_unpaired_dataset, "stepwise": load_stepwise_dataset}
     if kind not in loaders:
         raise ValueError(f"kind must be one of {sorted(loaders)}, got {kind!r}")
     amount = _eval_amount(eval_size)
@@ -934,6 +994,6 @@ def load_splits(source: str, kind: str, eval_size: int | float, seed: int = 42, 
     n_eval = amount if isinstance(amount, int) else round(amount * size)
     train = loaders[kind](source, split="train", builtin_size=size, max_samples=max_samples, seed=seed)
     make = {"sft": arithmetic.sft_dataset, "preference": arithmetic.preference_dataset,
-            "prompt": arithmetic.prompt_dataset,
+            "prompt": arithmetic.prompt_dataset, "stepwise": arithmetic.stepwise_dataset,
             "unpaired": lambda n, **kw: unpair(arithmetic.preference_dataset(n, **kw))}[kind]
     return train, make(n_eval, split="eval", exclude_size=size) if n_eval else None

@@ -275,6 +275,22 @@ def load_scalar_head_model(model_name_or_path: str, pad_token_id: int, model_arg
     return model
 
 
+def load_step_classifier(model_name_or_path: str, pad_token_id: int, model_args=None, **overrides):
+    """Load a token classifier with two outputs (wrong / correct step): a process reward model.
+
+    Loading a causal LM checkpoint adds a freshly initialised ``score`` head, which is how ``train_prm.py``
+    starts; a folder saved by it loads as it was trained (`open_rlhf.inference.prm.ProcessRewardModel`).
+    """
+    from transformers import AutoModelForTokenClassification
+
+    kwargs = model_init_kwargs(model_args) if model_args is not None else {}
+    kwargs.update(overrides)
+    with _loading(model_name_or_path, "step classifier (PRM)"):
+        model = AutoModelForTokenClassification.from_pretrained(
+            model_name_or_path, num_labels=2, id2label={0: "wrong", 1: "correct"},
+            label2id={"wrong": 0, "correct": 1}, **kwargs)
+    model.config.pad_token_id = pad_token_id
+    return model
 
 
 def adapter_base(path: str) -> str | None:

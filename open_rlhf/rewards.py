@@ -18,6 +18,8 @@ Reward spec grammar (`build_reward_functions`): comma-separated terms, each ``[W
     model:PATH        a reward model saved by `train_reward.py` (loaded on first call)
     ensemble:P1|P2|...[@LAMBDA]   reward models P1, P2, ... (``|``-separated: a comma separates terms); the mean
                       score minus LAMBDA (default 0) times their standard deviation (`RewardModelEnsemble`)
+    prm:PATH[@AGG]    a process reward model saved by `train_prm.py`: its step scores (P(correct) per line)
+                      aggregated by AGG = min (default) | prod | last (`open_rlhf.inference.prm.ProcessRewardModel`)
 
 e.g. ``"math"``, ``"accuracy,0.2*format"``, ``"model:runs/default/reward"``,
 ``"1.0*math,0.1*format,0.5*length:400"``. The result, a `RewardSpec`, is itself a reward function (the
@@ -41,22 +43,16 @@ from pathlib import Path
 import torch
 
 from open_rlhf.errors import ConfigError, ModelNotFoundError, RewardSpecError
+from open_rlhf.inference.sampling import completion_text
 from open_rlhf.tasks import gsm8k
 from open_rlhf.tasks.gsm8k import extract_final_answer, normalize_number
 
-__all__ = ["DEFAULT_LENGTH_TARGET_CHARS", "LazyRewardModelScorer", "RewardModelEnsemble", "RewardModelScorer", "RewardSpec", "RewardTerm",
+__all__ = ["DEFAULT_LENGTH_TARGET_CHARS", "LazyProcessRewardModel", "LazyRewardModelScorer", "RewardModelEnsemble", "RewardModelScorer", "RewardSpec", "RewardTerm",
            "accuracy_reward", "build_reward_functions", "check_columns", "completion_text", "extract_final_answer",
            "format_reward", "length_penalty", "math_verify_reward", "normalize_number", "parse_reward_spec"]
 
 RewardFunction = Callable[..., list[float]]
 DEFAULT_LENGTH_TARGET_CHARS = 600  # above the 95th percentile (562) of GSM8K train reference solutions
-
-
-def completion_text(completion) -> str:
-    """The text of a completion given as a string or as a conversational list of messages."""
-    if isinstance(completion, str):
-        return completion
-    return "".join(m["content"] for m in completion if m.get("role", "assistant") == "assistant")
 
 
 def accuracy_reward(prompts: Sequence, completions: Sequence, answer: Sequence[str], **_) -> list[float]:
@@ -297,6 +293,36 @@ class LazyRewardModelScorer:
         return f"LazyRewardModelScorer({self.reward_model_path!r})"
 
 
+class LazyProcessRewardModel:
+    """A `open_rlhf.inference.prm.ProcessRewardModel` loaded on the first call (the ``prm:PATH[@AGG]`` term)."""
+
+    def __init__(self, path: str, aggregate: str = "min", device: str | torch.device | None = None):
+        self.path, self.aggregate, self.device = path, aggregate, device
+        self.__name__ = "prm"
+        self._prm = None
+
+    @property
+    def prm(self):
+        """The loaded PRM (loaded on first access, onto ``device``)."""
+        if self._prm is None:
+            from open_rlhf.inference.prm import ProcessRewardModel
+
+            self._prm = ProcessRewardModel.from_pretrained(self.path, device=self.device, aggregate=self.aggregate)
+        return self._prm
+
+    def to(self, device: str | torch.device) -> LazyProcessRewardModel:
+        self.device = device
+        if self._prm is not None:
+            self._prm.to(device)
+        return self
+
+    def __call__(self, prompts: Sequence, completions: Sequence, **kwargs) -> list[float]:
+        return self.prm(prompts, completions, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"LazyProcessRewardModel({self.path!r}, {self.aggregate!r})"
+
+
 class RewardModelEnsemble:
     """K reward models scoring together: their mean, their spread, and the conservative mean - lambda * std.
 
@@ -398,7 +424,8 @@ class RewardSpec:
         return total
 
 
-_SPEC_HELP = ("Valid names: accuracy, math, format, length[:TARGET_CHARS], model:PATH, ensemble:P1|P2[@LAMBDA]; each term is "
+_SPEC_HELP = ("Valid names: accuracy, math, format, length[:TARGET_CHARS], model:PATH, ensemble:P1|P2[@LAMBDA], "
+              "prm:PATH[@min|prod|last]; each term is "
               "[WEIGHT*]NAME[:ARGUMENT], terms separated by commas. Example: '1.0*math,0.1*format,0.5*length:400'.")
 
 
@@ -442,6 +469,18 @@ def _build_term(name: str, argument: str | None, where: str) -> tuple[RewardFunc
             raise ModelNotFoundError(f"{where}: reward model folder(s) {missing} do not exist. Train them with "
                                      "scripts/train_reward.py (e.g. one per --seed) or fix the paths.")
         return RewardModelEnsemble([LazyRewardModelScorer(p) for p in paths], penalty), ()
+    if name == "prm":
+        from open_rlhf.inference.prm import AGGREGATES
+
+        path, at, how = (argument or "").partition("@")
+        how = how.strip() if at else "min"
+        if not path.strip() or how not in AGGREGATES:
+            raise RewardSpecError(f"{where}: 'prm' needs the PRM folder and an optional '@' aggregate, one of "
+                                  f"{AGGREGATES}, as in 'prm:runs/default/prm@min'. {_SPEC_HELP}")
+        if not Path(path.strip()).is_dir():
+            raise ModelNotFoundError(f"{where}: PRM folder {path.strip()!r} does not exist. Train one with "
+                                     "scripts/train_prm.py (it writes e.g. runs/default/prm) or fix the path.")
+        return LazyProcessRewardModel(path.strip(), how), ()
     raise RewardSpecError(f"{where}: unknown reward name {name!r}. {_SPEC_HELP}")
 
 

@@ -73,6 +73,18 @@ def _simpo_trainer() -> type:
     return SimPOTrainer
 
 
+def _prm_config() -> type:
+    from open_rlhf.trainers.prm import PRMConfig
+
+    return PRMConfig
+
+
+def _prm_trainer() -> type:
+    from open_rlhf.trainers.prm import PRMTrainer
+
+    return PRMTrainer
+
+
 def _orpo_config() -> type:
     from open_rlhf.trainers.experimental import orpo_config_class
 
@@ -96,15 +108,18 @@ class StageSpec:
             ``trl.experimental`` import happens only when that stage runs.
         trainer: returns the trainer class.
         data_kind: the `open_rlhf.data.load_splits` kind: ``"sft"``, ``"preference"``, ``"unpaired"``,
-            ``"prompt"``.
-        model: ``"causal_lm"`` (policy), ``"scalar_head"`` (a reward model: a new one-output head), or
-            ``"ppo"`` (policy, reference and value model; our PPO trainer).
+            ``"prompt"``, ``"stepwise"``.
+        model: ``"causal_lm"`` (policy), ``"scalar_head"`` (a reward model: a new one-output head),
+            ``"step_classifier"`` (a PRM: a new two-label token head), or ``"ppo"`` (policy, reference and value
+            model; our PPO trainer).
         padding_side: of the tokenizer (``"left"`` for stages that generate).
         trainer_kwargs: fixed extra keyword arguments of the trainer (``{"ref_model": None}``).
         eval_dataset: whether the held-out split goes to the trainer (the RL stages keep it for the pipeline's
             final evaluation only).
         reward: whether the stage takes a reward spec (``--reward``) and passes its terms to the trainer.
         lora_task_type: PEFT task type of ``--use_peft`` (``"SEQ_CLS"`` for a classifier: its head must train).
+        evaluate_at_end: run the trainer's ``evaluate`` on the held-out split after training and keep its metrics
+            in the run's completion record (the PRM's step accuracies).
     """
 
     name: str
@@ -118,6 +133,7 @@ class StageSpec:
     eval_dataset: bool = True
     reward: bool = False
     lora_task_type: str | None = None
+    evaluate_at_end: bool = False
 
 
 def _spec(name, summary, config, trainer, data_kind, **kwargs) -> tuple[str, StageSpec]:
@@ -143,6 +159,8 @@ STAGES: dict[str, StageSpec] = dict([
           _trl("RLOOTrainer"), "prompt", padding_side="left", eval_dataset=False, reward=True),
     _spec("ppo", "PPO and REINFORCE++ (ours: TRL removed PPO in 1.13)", _ppo_config, _ppo_trainer, "prompt",
           model="ppo", padding_side="left", eval_dataset=False, reward=True),
+    _spec("prm", "process reward model on step labels (ours: TRL removed its PRMTrainer)", _prm_config,
+          _prm_trainer, "stepwise", model="step_classifier", lora_task_type="TOKEN_CLS", evaluate_at_end=True),
 ])
 
 
@@ -185,6 +203,8 @@ def _load_models(spec: StageSpec, training_args, model_args) -> dict[str, Any]:
     tokenizer = models.load_tokenizer(model_path, padding_side=spec.padding_side)
     if spec.model == "scalar_head":
         model = models.load_scalar_head_model(model_path, tokenizer.pad_token_id, model_args)
+    elif spec.model == "step_classifier":
+        model = models.load_step_classifier(model_path, tokenizer.pad_token_id, model_args)
     else:
         model = models.load_causal_lm(model_path, model_args)
     return {"model": model, "tokenizer": tokenizer, "model_path": model_path}
@@ -212,6 +232,53 @@ def _build_trainer(spec: StageSpec, loaded: dict, training_args, model_args, tra
         reward.to(trainer.accelerator.device)  # a reward model scores where the policy runs (TRL leaves callables)
     use_stage_progress(trainer, spec.name)
     return trainer
+
+
+def _monte_carlo_labels(training_args, model_path: str, train_dataset, eval_dataset):
+    """Step labels for prompts with gold answers (the PRM stage on GSM8K): Math-Shepherd rollouts from the policy
+    (`open_rlhf.inference.prm.monte_carlo_step_labels`), cached in ``<output_dir>/step_labels-<split>.jsonl``
+    (written atomically, reused on resume)."""
+    import json
+    from pathlib import Path
+
+    from datasets import Dataset
+
+    from open_rlhf.atomic import atomic_write_text
+    from open_rlhf.inference.prm import monte_carlo_step_labels
+
+    policy = training_args.mc_policy or model_path
+    loaded = None
+    labelled = []
+    for split, dataset in (("train", train_dataset), ("eval", eval_dataset)):
+        if dataset is None:
+            labelled.append(None)
+            continue
+        cache = Path(training_args.output_dir) / f"step_labels-{split}.jsonl"
+        if cache.is_file():
+            rows = [json.loads(line) for line in cache.read_text().splitlines() if line.strip()]
+            logger.info("prm: %d Monte-Carlo labelled %s solutions read from %s", len(rows), split, cache)
+        else:
+            if loaded is None:
+                loaded = models.load_inference_model(policy)
+                if loaded[1].pad_token is None:
+                    loaded[1].pad_token = loaded[1].eos_token
+            rows, tokens = monte_carlo_step_labels(
+                *loaded, list(dataset["prompt"]), list(dataset["answer"]), num_rollouts=training_args.mc_rollouts,
+                solutions_per_prompt=training_args.mc_solutions, max_new_tokens=training_args.mc_max_new_tokens,
+                temperature=training_args.mc_temperature, max_steps=training_args.mc_max_steps)
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(cache, "".join(json.dumps(r) + "\n" for r in rows))
+            good = sum(sum(r["labels"]) for r in rows)
+            total = sum(len(r["labels"]) for r in rows)
+            logger.info("prm: Monte-Carlo labels for %d %s solutions of %d questions from %s (%d rollouts per "
+                        "step, %d tokens generated): %d of %d steps good; saved to %s", len(rows), split,
+                        len(dataset), policy, training_args.mc_rollouts, tokens, good, total, cache)
+        if not rows:
+            raise data.DataFormatError(f"prm: no {split} solution of {policy} could be split into 1 to "
+                                       f"{training_args.mc_max_steps} steps. Fix: raise --mc_max_steps or "
+                                       "--mc_max_new_tokens, or give step-labelled data.")
+        labelled.append(Dataset.from_list(rows))
+    return labelled[0], labelled[1]
 
 
 def run_stage(name: str, script_args: ScriptArguments, training_args, model_args) -> None:
@@ -256,6 +323,9 @@ def run_stage(name: str, script_args: ScriptArguments, training_args, model_args
         max_samples=script_args.max_train_samples)
     if reward is not None:
         rewards.check_columns(reward, train_dataset.column_names, script_args.dataset_name)
+    if spec.data_kind == "stepwise" and "labels" not in train_dataset.column_names:
+        train_dataset, eval_dataset = _monte_carlo_labels(training_args, loaded["model_path"], train_dataset,
+                                                          eval_dataset)
 
     # Train
     trainer = _build_trainer(spec, loaded, training_args, model_args, train_dataset, eval_dataset, reward)
@@ -266,6 +336,9 @@ def run_stage(name: str, script_args: ScriptArguments, training_args, model_args
             "train_examples": len(train_dataset)}
     if reward_spec:
         info["reward"] = reward_spec
+    if spec.evaluate_at_end and eval_dataset is not None:
+        info["eval"] = trainer.evaluate()
+        logger.info("%s held-out: %s", name, ", ".join(f"{k} {v:.4g}" for k, v in info["eval"].items()))
     if spec.model == "ppo":
         info["global_step"] = trainer.global_step
         outputs.save_final(training_args.output_dir, trainer.save_model, info)

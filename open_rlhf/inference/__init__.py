@@ -6,6 +6,10 @@ PRM trainer, so these modules are ours.
 - `sampling`: N samples per prompt in batched ``generate`` calls, with their token counts.
 - `strategies`: greedy, sampling, best-of-N with any reward spec, self-consistency (majority vote over final answers)
   and adaptive consistency (sample until the answers agree with a stated confidence, or a budget is spent).
+- `prm`: process reward models (a score per solution step) and Math-Shepherd Monte-Carlo step labels; training is
+  `open_rlhf.trainers.prm` (``scripts/train_prm.py``).
+- `search`: step-level search: PRM-guided beam search and MCTS (`MCTSGenerator`), valued by a PRM, a PPO value model
+  or verifier-scored rollouts.
 - `speculative`: speculative decoding through transformers' assisted generation (a draft model, prompt lookup, or a
   self-speculative draft made of the target's first layers).
 

@@ -4,6 +4,9 @@
     python scripts/generate.py --model runs/default/ppo --prompts FILE --strategy best_of_n --n 8 --reward model:runs/default/reward
     python scripts/generate.py --prompts ../shared/data/gsm8k/test.jsonl --strategy adaptive --max_samples 16 --confidence 0.95
     python scripts/generate.py --prompts FILE --strategy speculative --speculative prompt_lookup
+    python scripts/generate.py --model runs/default/ppo --strategy beam_prm --prm runs/default/prm --beam_width 2 --expand 4
+    python scripts/generate.py --model runs/default/ppo --strategy mcts --prm runs/default/prm --num_simulations 16
+    python scripts/generate.py --strategy mcts --evaluator rollout --reward math --num_simulations 8   # oracle verifier
 
 ``--prompts`` is anything `open_rlhf.data.load_prompt_dataset` reads as prompts (a JSONL file with a ``prompt``
 field, a string or chat messages; GSM8K; ``builtin``, whose held-out split is used), with an ``answer`` column when
@@ -21,7 +24,7 @@ from pathlib import Path
 
 from open_rlhf.errors import ConfigError, OutputDirError, user_errors
 
-STRATEGIES = ("greedy", "sample", "best_of_n", "self_consistency", "adaptive", "speculative")
+STRATEGIES = ("greedy", "sample", "best_of_n", "self_consistency", "adaptive", "beam_prm", "mcts", "speculative")
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -40,6 +43,18 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch_size", type=int, default=16, help="sequences per generate call")
     p.add_argument("--max_samples", type=int, default=16, help="adaptive: the budget per prompt")
     p.add_argument("--confidence", type=float, default=0.95, help="adaptive: stop when the majority is this sure")
+    p.add_argument("--prm", default=None, help="beam_prm / mcts: a PRM folder (scripts/train_prm.py)")
+    p.add_argument("--evaluator", choices=("prm", "value", "rollout"), default="prm",
+                   help="mcts / beam_prm: how a prefix is valued: the PRM (--prm), a PPO value model "
+                        "(--value_model), or a rollout scored by --reward (e.g. math: an oracle with gold answers)")
+    p.add_argument("--value_model", default=None, help="--evaluator value: e.g. runs/default/ppo/value_model")
+    p.add_argument("--beam_width", type=int, default=2, help="beam_prm: prefixes kept per step")
+    p.add_argument("--expand", type=int, default=4, help="beam_prm / mcts: next steps sampled per expansion")
+    p.add_argument("--num_simulations", type=int, default=16, help="mcts: simulations per prompt")
+    p.add_argument("--max_search_tokens", type=int, default=None, help="mcts: generated-token budget per prompt")
+    p.add_argument("--c_puct", type=float, default=1.0, help="mcts: PUCT exploration constant")
+    p.add_argument("--max_steps", type=int, default=10, help="beam_prm / mcts: the most steps (lines) of a solution")
+    p.add_argument("--max_step_tokens", type=int, default=64, help="beam_prm / mcts: the most tokens of one step")
     p.add_argument("--speculative", choices=("none", "draft_model", "prompt_lookup", "self_speculative"),
                    default="prompt_lookup", help="speculative: the draft")
     p.add_argument("--draft_model", default=None, help="speculative draft_model: a smaller model, same tokenizer")
@@ -55,8 +70,20 @@ def _check(args) -> None:
     if args.num_prompts is not None and args.num_prompts < 1:
         raise ConfigError(f"--num_prompts must be >= 1, got {args.num_prompts}")
     if args.strategy == "best_of_n" and not args.reward:
-        raise ConfigError("--strategy best_of_n needs --reward (a reward spec: model:PATH for a reward model, or a "
-                          "verifier such as math when the prompts have gold answers)")
+        raise ConfigError("--strategy best_of_n needs --reward (a reward spec: model:PATH for a reward model, "
+                          "prm:PATH for a process reward model, or a verifier such as math when the prompts have gold "
+                          "answers)")
+    if args.strategy in ("beam_prm", "mcts"):
+        needs = {"prm": ("--prm", args.prm), "value": ("--value_model", args.value_model),
+                 "rollout": ("--reward", args.reward)}[args.evaluator]
+        if not needs[1]:
+            raise ConfigError(f"--strategy {args.strategy} with --evaluator {args.evaluator} needs {needs[0]} (e.g. "
+                              "--prm runs/default/prm from scripts/train_prm.py)")
+        for name in ("beam_width", "expand", "num_simulations", "max_steps", "max_step_tokens"):
+            if getattr(args, name) < 1:
+                raise ConfigError(f"--{name} must be >= 1, got {getattr(args, name)}")
+        if args.max_search_tokens is not None and args.max_search_tokens < 1:
+            raise ConfigError(f"--max_search_tokens must be >= 1, got {args.max_search_tokens}")
     if not 0 < args.confidence < 1:
         raise ConfigError(f"--confidence must be in (0, 1), got {args.confidence}")
     if args.max_new_tokens < 1:
@@ -73,6 +100,26 @@ def _output_path(output: str | None) -> Path:
         raise OutputDirError(f"--output {path} already exists; outputs are never overwritten. Fix: pass a new file "
                              "name, or leave --output out for runs/generate/<time>.jsonl.")
     return path
+
+
+def _search(args, model, tokenizer, prompts, reward, dataset):
+    """beam_prm / mcts with the chosen evaluator."""
+    from open_rlhf.inference import search
+    from open_rlhf.inference.prm import ProcessRewardModel
+
+    policy = search.LMStepPolicy(model, tokenizer, max_step_tokens=args.max_step_tokens, max_steps=args.max_steps,
+                                 temperature=args.temperature, top_p=args.top_p, rollout_tokens=args.max_new_tokens,
+                                 batch_size=args.batch_size)
+    if args.evaluator == "prm":
+        evaluator = search.PRMValue(ProcessRewardModel.from_pretrained(args.prm, device=model.device))
+    elif args.evaluator == "value":
+        evaluator = search.ValueModelValue.from_pretrained(args.value_model, device=model.device)
+    else:
+        evaluator = search.RolloutValue(policy, reward, {c: list(dataset[c]) for c in reward.required_columns})
+    if args.strategy == "beam_prm":
+        return search.beam_search(policy, evaluator, prompts, beam_width=args.beam_width, expand=args.expand)
+    return search.MCTSGenerator(policy, evaluator, num_simulations=args.num_simulations, expand=args.expand,
+                                c_puct=args.c_puct, max_tokens=args.max_search_tokens).generate(prompts)
 
 
 def run(args) -> Path:
@@ -94,7 +141,7 @@ def run(args) -> Path:
     prompts = list(dataset["prompt"])
     gold = list(dataset["answer"]) if "answer" in dataset.column_names else None
     reward = None
-    if args.strategy == "best_of_n":
+    if args.strategy == "best_of_n" or (args.strategy in ("beam_prm", "mcts") and args.evaluator == "rollout"):
         reward = build_reward_functions(args.reward)
         check_columns(reward, dataset.column_names, args.prompts)
     torch.manual_seed(args.seed)
@@ -116,6 +163,8 @@ def run(args) -> Path:
     elif args.strategy == "adaptive":
         results = strategies.adaptive_consistency(model, tokenizer, prompts, max_samples=args.max_samples,
                                                   confidence=args.confidence, **sampling)
+    elif args.strategy in ("beam_prm", "mcts"):
+        results = _search(args, model, tokenizer, prompts, reward, dataset)
     else:
         draft = None
         if args.speculative == "draft_model":

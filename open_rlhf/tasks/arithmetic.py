@@ -35,7 +35,7 @@ from datasets import Dataset
 from open_rlhf.tasks.gsm8k import ANSWER_INSTRUCTION, user_prompt
 
 __all__ = ["ANSWER_INSTRUCTION", "ArithmeticProblem", "eval_problems", "generate_problem", "generate_problems",
-           "preference_dataset", "prompt_dataset", "sft_dataset", "user_prompt"]
+           "preference_dataset", "prompt_dataset", "sft_dataset", "slip_step_labels", "stepwise_dataset", "user_prompt"]
 # Seeds of the training streams, one per stage; `eval_problems` excludes all of them.
 BUILTIN_SPLIT_SEEDS = {"sft": 0, "preference": 1, "prompt": 2}
 # `split="eval"` draws from seed EVAL_SEED_OFFSET + seed, far from any seed a training stream uses.
@@ -482,3 +482,55 @@ def prompt_dataset(n: int, seed: int = BUILTIN_SPLIT_SEEDS["prompt"], split: str
     """
     problems = _problems(n, seed, split, exclude_size)
     return Dataset.from_list([{"prompt": _user(p.question), "answer": p.answer} for p in problems])
+
+
+def slip_step_labels(solution: str, rejected_solution: str) -> tuple[list[str], list[bool]]:
+    """The steps (lines) of a rejected solution and their process labels, from where its slip happens.
+
+    A rejected solution repeats the correct one up to its slip and recomputes every later step from the wrong
+    value (`_choose_slip`), so the first line that differs from the correct solution is the slip: the steps before
+    it are correct (True), the slip and every step after it (the ``#### M`` line included) are wrong (False), as
+    in PRM800K's first-error labelling (Lightman et al. 2023, "Let's Verify Step by Step", Sec. 3).
+
+    Returns:
+        ``(steps, labels)``: the rejected solution's lines and one bool per line.
+
+    Raises:
+        ValueError: when the two solutions have a different number of lines or are equal (not a slip pair).
+    """
+    good, bad = solution.split("\n"), rejected_solution.split("\n")
+    if len(good) != len(bad) or good == bad:
+        raise ValueError("not a slip pair: the solutions must have the same number of lines and differ")
+    first = next(k for k, (a, b) in enumerate(zip(good, bad, strict=True)) if a != b)
+    return bad, [k < first for k in range(len(bad))]
+
+
+def stepwise_dataset(n: int, seed: int = BUILTIN_SPLIT_SEEDS["preference"], split: str = "train",
+                     exclude_size: int | None = None) -> Dataset:
+    """Step-labelled solutions of the built-in task (TRL's stepwise-supervision format), for a process reward model.
+
+    Each problem gives two rows: its correct solution (every step True) and its rejected solution, labelled by
+    `slip_step_labels` (True before the slip, False from it on). The problems are those of `preference_dataset`
+    with the same arguments, so an outcome reward model and a PRM trained on ``builtin`` see the same solutions.
+
+    Args:
+        n (`int`): number of problems (``2 * n`` rows).
+        seed (`int`): stream seed.
+        split (`str`): ``"train"`` or ``"eval"`` (see `eval_problems`).
+        exclude_size (`int`, *optional*): for ``split="eval"``, the training size to exclude.
+
+    Returns:
+        `datasets.Dataset` with columns ``prompt`` (conversational), ``completions`` (`list[str]`, one step per
+        line), ``labels`` (`list[bool]`, one per step) and ``answer`` (`str`, the gold answer).
+
+    Raises:
+        ValueError: when ``split`` is neither ``"train"`` nor ``"eval"``.
+    """
+    rows = []
+    for p in _problems(n, seed, split, exclude_size):
+        steps = p.solution.split("\n")
+        rows.append({"prompt": _user(p.question), "completions": steps, "labels": [True] * len(steps),
+                     "answer": p.answer})
+        steps, labels = slip_step_labels(p.solution, p.rejected_solution)
+        rows.append({"prompt": _user(p.question), "completions": steps, "labels": labels, "answer": p.answer})
+    return Dataset.from_list(rows)
