@@ -171,6 +171,16 @@ def majority_confidence(counts: Sequence[int]) -> float:
     return float(1.0 - betainc(v1 + 1, v2 + 1, 0.5))
 
 
+def adaptive_should_stop(answers: Sequence[str | None], confidence: float = 0.95, min_samples: int = 2,
+                         max_samples: int = 16) -> bool:
+    """Adaptive-Consistency's stopping rule on the answers drawn so far: stop at ``max_samples``, or once at least
+    ``min_samples`` are drawn and `majority_confidence` of their answer counts reaches ``confidence``."""
+    if len(answers) >= max_samples:
+        return True
+    counts = collections.Counter(a for a in answers if a is not None)
+    return len(answers) >= min_samples and majority_confidence(list(counts.values())) >= confidence
+
+
 def adaptive_consistency(model, tokenizer, prompts: Sequence, max_samples: int = 16, confidence: float = 0.95,
                          samples_per_round: int = 1, min_samples: int = 2, max_new_tokens: int = 256,
                          temperature: float = 1.0, top_p: float = 1.0, batch_size: int = 16,
@@ -197,10 +207,7 @@ def adaptive_consistency(model, tokenizer, prompts: Sequence, max_samples: int =
         still_open = []
         for i, new in zip(open_ids, out, strict=True):
             drawn[i].extend(new)
-            counts = collections.Counter(a for a in (extract(s.text) for s in drawn[i]) if a is not None)
-            done = len(drawn[i]) >= max_samples or (
-                len(drawn[i]) >= min_samples and majority_confidence(list(counts.values())) >= confidence)
-            if not done:
+            if not adaptive_should_stop([extract(s.text) for s in drawn[i]], confidence, min_samples, max_samples):
                 still_open.append(i)
         open_ids = still_open
     return [_vote_result(samples, extract) for samples in drawn]
