@@ -136,8 +136,27 @@ def test_generate_script_writes_rows_with_correctness(tiny_model_dir, tmp_path):
         run.run(args)
 
 
+def test_generate_script_compresses_prompts_and_keeps_the_original(tiny_model_dir, tmp_path):
+    context = ("The museum opened in the spring and the visitors came from every part of the country to see the old "
+               "paintings that hung in the long hall beside the river where the boats passed slowly.")
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(json.dumps({"prompt": f"{context}\n\nWhen did the museum open?"}) + "\n")
+    out = tmp_path / "rows.jsonl"
+    args = run.make_parser().parse_args(["--model", str(tiny_model_dir), "--prompts", str(prompts),
+                                         "--strategy", "greedy", "--compress_ratio", "0.5", "--max_new_tokens", "4",
+                                         "--output", str(out)])
+    run.run(args)
+    (row,) = [json.loads(line) for line in out.read_text().splitlines()]
+    original = row["prompt"][-1]["content"]
+    assert original == f"{context}\n\nWhen did the museum open?"  # the row keeps the original prompt
+    compressed = row["compressed_prompt"][-1]["content"]
+    assert compressed.endswith("\n\nWhen did the museum open?")  # the question survives verbatim
+    assert len(compressed) < 0.8 * len(original)
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--strategy", "best_of_n"], "needs --reward"),
+    (["--compress_ratio", "0"], r"--compress_ratio is the share of prompt tokens kept, in \(0, 1\]"),
     (["--n", "0"], "--n and --max_samples must be >= 1"),
     (["--confidence", "1.5"], r"--confidence must be in \(0, 1\)"),
 ])

@@ -59,6 +59,9 @@ def make_parser() -> argparse.ArgumentParser:
                    default="prompt_lookup", help="speculative: the draft")
     p.add_argument("--draft_model", default=None, help="speculative draft_model: a smaller model, same tokenizer")
     p.add_argument("--draft_layers", type=int, default=None, help="self_speculative: the draft's depth (default L/4)")
+    p.add_argument("--compress_ratio", type=float, default=None,
+                   help="compress each prompt to this share of its tokens first (LLMLingua-style, the policy as the "
+                        "small LM; the question is kept verbatim; open_rlhf.inference.compress)")
     p.add_argument("--output", default=None, help="JSONL output file (default: runs/generate/<time>.jsonl)")
     p.add_argument("--seed", type=int, default=0)
     return p
@@ -86,6 +89,8 @@ def _check(args) -> None:
             raise ConfigError(f"--max_search_tokens must be >= 1, got {args.max_search_tokens}")
     if not 0 < args.confidence < 1:
         raise ConfigError(f"--confidence must be in (0, 1), got {args.confidence}")
+    if args.compress_ratio is not None and not 0 < args.compress_ratio <= 1:
+        raise ConfigError(f"--compress_ratio is the share of prompt tokens kept, in (0, 1]; got {args.compress_ratio}")
     if args.max_new_tokens < 1:
         raise ConfigError(f"--max_new_tokens must be >= 1, got {args.max_new_tokens}")
 
@@ -148,6 +153,13 @@ def run(args) -> Path:
     model, tokenizer = models.load_inference_model(args.model)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    if args.compress_ratio is not None:
+        from open_rlhf.inference.compress import ContextCompressor, compress_prompts
+
+        original_prompts = prompts
+        prompts, stats = compress_prompts(prompts, ContextCompressor(model, tokenizer, args.compress_ratio))
+        print(f"compressed prompts: {stats['original_tokens']} -> {stats['kept_tokens']} tokens "
+              f"({stats['kept_share']:.1%} kept)", flush=True)
     common = dict(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
     sampling = dict(temperature=args.temperature, top_p=args.top_p, **common)
     start = time.perf_counter()
@@ -182,9 +194,12 @@ def run(args) -> Path:
     seconds = time.perf_counter() - start
     rows = []
     for i, (prompt, result) in enumerate(zip(prompts, results, strict=True)):
-        row = {"prompt": prompt, "response": result.response, "strategy": args.strategy, "answer": result.answer,
+        shown = original_prompts[i] if args.compress_ratio is not None else prompt
+        row = {"prompt": shown, "response": result.response, "strategy": args.strategy, "answer": result.answer,
                "score": result.score, "num_samples": result.num_samples, "num_tokens": result.num_tokens,
                "seconds": seconds / len(prompts)}
+        if args.compress_ratio is not None:
+            row["compressed_prompt"] = prompt
         if gold is not None:
             row["gold"] = gold[i]
             row["correct"] = result.answer is not None and result.answer == normalize_number(str(gold[i]))

@@ -53,6 +53,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--gsm8k_n", type=int, default=128, help="GSM8K questions (the first N)")
     p.add_argument("--n_max", type=int, default=16, help="samples per prompt (N = 1, 2, 4, ..., n_max)")
     p.add_argument("--search_budgets", default="4,8", help="beam_prm / mcts budgets, in samples (comma-separated)")
+    p.add_argument("--gsm8k_n_max", type=int, default=None, help="GSM8K's n_max (default: --n_max)")
+    p.add_argument("--gsm8k_search_budgets", default=None, help="GSM8K's search budgets (default: --search_budgets)")
     p.add_argument("--max_steps", type=int, default=10, help="beam_prm / mcts: the most steps (lines) of a solution")
     p.add_argument("--max_step_tokens", type=int, default=64, help="beam_prm / mcts: the most tokens of one step")
     p.add_argument("--mcts_simulations", type=int, default=64, help="mcts: simulations (the token budget ends first)")
@@ -66,21 +68,30 @@ def make_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _check(args) -> list[int]:
-    if args.n_max < 1 or args.builtin < 0 or args.gsm8k_n < 1:
-        raise ConfigError(f"--n_max and --gsm8k_n must be >= 1 and --builtin >= 0, got {args.n_max}, {args.gsm8k_n}, "
-                          f"{args.builtin}")
+def _budgets(text: str, flag: str) -> list[int]:
     try:
-        budgets = [int(b) for b in args.search_budgets.split(",") if b.strip()]
+        budgets = [int(b) for b in text.split(",") if b.strip()]
     except ValueError:
         budgets = [0]
     if any(b < 1 for b in budgets):
-        raise ConfigError(f"--search_budgets must be comma-separated whole numbers >= 1, got {args.search_budgets!r}")
+        raise ConfigError(f"{flag} must be comma-separated whole numbers >= 1, got {text!r}")
+    return budgets
+
+
+def _check(args) -> tuple[list[int], list[int]]:
+    if args.gsm8k_n_max is None:
+        args.gsm8k_n_max = args.n_max
+    if min(args.n_max, args.gsm8k_n_max, args.gsm8k_n) < 1 or args.builtin < 0:
+        raise ConfigError(f"--n_max, --gsm8k_n_max and --gsm8k_n must be >= 1 and --builtin >= 0, got {args.n_max}, "
+                          f"{args.gsm8k_n_max}, {args.gsm8k_n}, {args.builtin}")
+    budgets = _budgets(args.search_budgets, "--search_budgets")
+    gsm8k_budgets = budgets if args.gsm8k_search_budgets is None else _budgets(args.gsm8k_search_budgets,
+                                                                               "--gsm8k_search_budgets")
     for name in ("reward_model", "prm"):
         if not Path(getattr(args, name)).is_dir():
             raise ConfigError(f"--{name} {getattr(args, name)} does not exist. Fix: train it (scripts/train_reward.py, "
                               "scripts/train_prm.py) or pass its folder.")
-    return budgets
+    return budgets, gsm8k_budgets
 
 
 def _cached(path: Path, compute):
@@ -144,7 +155,7 @@ def _row(dataset: str, method: str, n: int, correct, tokens, samples, seconds, g
 
 
 def run_prompt_set(name: str, prompts: list, gold: list[str], model, tokenizer, orm, prm, args, budgets,
-                   out_dir: Path, max_new_tokens: int) -> list[dict]:
+                   out_dir: Path, max_new_tokens: int, n_max: int) -> list[dict]:
     """Every method on one prompt set; rows for `results.csv` (see the module docstring)."""
     import torch
 
@@ -172,12 +183,12 @@ def run_prompt_set(name: str, prompts: list, gold: list[str], model, tokenizer, 
 
     def pool():
         torch.manual_seed(args.seed)
-        drawn = sampling.sample(model, tokenizer, prompts, args.n_max, max_new_tokens, args.temperature,
-                                batch_size=args.batch_size, desc=f"{name}: {args.n_max} samples per prompt")
-        flat_prompts = [sampling.as_messages(p) for p in prompts for _ in range(args.n_max)]
+        drawn = sampling.sample(model, tokenizer, prompts, n_max, max_new_tokens, args.temperature,
+                                batch_size=args.batch_size, desc=f"{name}: {n_max} samples per prompt")
+        flat_prompts = [sampling.as_messages(p) for p in prompts for _ in range(n_max)]
         texts = [s.text for group in drawn for s in group]
         orm_scores, prm_scores = orm(flat_prompts, texts), prm(flat_prompts, texts)
-        n = args.n_max
+        n = n_max
         return {"texts": [[s.text for s in group] for group in drawn],
                 "answers": [[extract_final_answer(s.text) for s in group] for group in drawn],
                 "tokens": [[s.num_tokens for s in group] for group in drawn],
@@ -185,13 +196,13 @@ def run_prompt_set(name: str, prompts: list, gold: list[str], model, tokenizer, 
                 "prm": [prm_scores[i * n:(i + 1) * n] for i in range(len(prompts))]}
 
     samples = _cached(out_dir / f"{name}-samples.json", timed(pool))
-    for n in nested_sizes(args.n_max):
+    for n in nested_sizes(n_max):
         metrics = pool_metrics(samples["answers"], samples["tokens"], samples["orm"], samples["prm"], gold, n,
                                args.confidence)
         for method, m in metrics.items():
             rows.append(_row(name, method, n, m["correct"], m["tokens"], m["samples"],
-                             samples["seconds"] * n / args.n_max, greedy_correct))
-    mean_sample_tokens = sum(map(sum, samples["tokens"])) / (len(prompts) * args.n_max)
+                             samples["seconds"] * n / n_max, greedy_correct))
+    mean_sample_tokens = sum(map(sum, samples["tokens"])) / (len(prompts) * n_max)
 
     policy = search.LMStepPolicy(model, tokenizer, max_step_tokens=args.max_step_tokens, max_steps=args.max_steps,
                                  temperature=args.temperature,
@@ -279,7 +290,7 @@ def run(args) -> Path:
     from open_rlhf.inference.prm import ProcessRewardModel
     from open_rlhf.rewards import RewardModelScorer
 
-    budgets = _check(args)
+    budgets, gsm8k_budgets = _check(args)
     policy_path = args.policy or chat.latest_pipeline_policy()
     if policy_path is None:
         raise ConfigError("no --policy and no finished pipeline run under runs/. Fix: run `make pipeline` or pass "
@@ -303,15 +314,17 @@ def run(args) -> Path:
     if args.builtin:
         ds = data.load_prompt_dataset("builtin", split="eval", builtin_size=max(args.builtin, 2000))
         ds = ds.select(range(args.builtin))
-        sets.append(("builtin", list(ds["prompt"]), list(ds["answer"]), args.max_new_tokens_builtin))
+        sets.append(("builtin", list(ds["prompt"]), list(ds["answer"]), args.max_new_tokens_builtin, args.n_max,
+                     budgets))
     if args.gsm8k:
         ds = data.load_prompt_dataset(args.gsm8k)
         ds = ds.select(range(min(args.gsm8k_n, len(ds))))
-        sets.append(("gsm8k", list(ds["prompt"]), list(ds["answer"]), args.max_new_tokens_gsm8k))
+        sets.append(("gsm8k", list(ds["prompt"]), list(ds["answer"]), args.max_new_tokens_gsm8k, args.gsm8k_n_max,
+                     gsm8k_budgets))
     rows = []
-    for name, prompts, gold, max_new_tokens in sets:
-        rows.extend(run_prompt_set(name, prompts, gold, model, tokenizer, orm, prm, args, budgets, out_dir,
-                                   max_new_tokens))
+    for name, prompts, gold, max_new_tokens, n_max, set_budgets in sets:
+        rows.extend(run_prompt_set(name, prompts, gold, model, tokenizer, orm, prm, args, set_budgets, out_dir,
+                                   max_new_tokens, n_max))
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
     writer.writeheader()
