@@ -86,6 +86,7 @@ class ContextCompressor:
         self.model, self.tokenizer = model.eval(), tokenizer
         self.ratio, self.protect_digits, self.segment_tokens = ratio, protect_digits, segment_tokens
         self._protected: dict[int, bool] = {}
+        self._done: dict[str, CompressedText] = {}  # shared demonstrations are compressed once
 
     def _tokens(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -110,11 +111,14 @@ class ContextCompressor:
         return keep
 
     def compress(self, text: str) -> CompressedText:
-        """Compress a whole text (no part of it protected besides the protected tokens).
+        """Compress a whole text (no part of it protected besides the protected tokens). Deterministic, so a text
+        seen before (the same few-shot demonstrations in every prompt) is not compressed again.
 
         Returns:
             `CompressedText`: ``kept_tokens`` counts the compressed text re-tokenized (what a model is given).
         """
+        if text in self._done:
+            return self._done[text]
         ids = self._tokens(text)
         if self.ratio == 1 or not ids:
             return CompressedText(text, len(ids), len(ids))
@@ -124,7 +128,8 @@ class ContextCompressor:
             mask = self.keep_mask(segment, kept)
             kept.extend(t for t, k in zip(segment, mask, strict=True) if k)
         out = self.tokenizer.decode(kept)
-        return CompressedText(out, len(ids), len(self._tokens(out)))
+        self._done[text] = CompressedText(out, len(ids), len(self._tokens(out)))
+        return self._done[text]
 
     def compress_prompt(self, prompt) -> tuple[list[dict[str, str]], int, int]:
         """Compress a prompt (a string or chat messages), keeping its question verbatim (the module docstring).
