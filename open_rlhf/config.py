@@ -40,6 +40,20 @@ class ScriptArguments(TRLScriptArguments):
         default=False,
         metadata={"help": "Replace the model's RMSNorm modules with our fused Triton kernel (open_rlhf.kernels)."},
     )
+    # Learning curves (open_rlhf.curves): policy stages only
+    curve_every: int = field(
+        default=0, metadata={"help": "Learning curve: evaluate held-out accuracy / reward / KL every K steps (0: off)."}
+    )
+    curve_prompts: int = field(default=64, metadata={"help": "Learning curve: held-out prompts per point."})
+    curve_dataset: str | None = field(
+        default=None,
+        metadata={"help": "Learning curve: prompt source (default: the stage's data for RL stages, else builtin)."},
+    )
+    curve_reward_model: str | None = field(
+        default=None, metadata={"help": "Learning curve: a reward model folder that scores the greedy responses."}
+    )
+    curve_kl_prompts: int = field(default=16, metadata={"help": "Learning curve: prompts of the KL estimate (0: no KL)."})
+    curve_max_new_tokens: int = field(default=96, metadata={"help": "Learning curve: generation length."})
 
 
 class HardwareDefaultsMixin:

@@ -234,6 +234,38 @@ def _build_trainer(spec: StageSpec, loaded: dict, training_args, model_args, tra
     return trainer
 
 
+def _curve_callback(spec: StageSpec, script_args, training_args, loaded: dict, eval_dataset):
+    """The `open_rlhf.curves.LearningCurveCallback` of ``--curve_every``: the held-out prompts are the stage's own
+    eval split for an RL stage on its own data (never a training prompt), else the held-out prompts of
+    ``--curve_dataset`` (default builtin) with the same ``split_seed``; the reference is the starting policy."""
+    from open_rlhf import evaluation
+    from open_rlhf.curves import LearningCurveCallback
+    from open_rlhf.errors import ConfigError
+
+    if spec.model in ("scalar_head", "step_classifier"):
+        raise ConfigError(f"--curve_every: the {spec.name} stage trains a scorer, not a policy; learning curves "
+                          "are for policy stages. Fix: drop --curve_every.")
+    if script_args.curve_every < 0 or script_args.curve_prompts < 1:
+        raise ConfigError(f"--curve_every must be >= 0 and --curve_prompts >= 1, got {script_args.curve_every} and "
+                          f"{script_args.curve_prompts}.")
+    source = script_args.curve_dataset or (script_args.dataset_name if spec.data_kind == "prompt" else "builtin")
+    if spec.data_kind == "prompt" and source == script_args.dataset_name and eval_dataset is not None:
+        held_out = eval_dataset.select(range(min(script_args.curve_prompts, len(eval_dataset))))
+        prompts = list(held_out["prompt"])
+        answers = list(held_out["answer"]) if "answer" in held_out.column_names else None
+    else:
+        prompts, answers = evaluation.held_out_prompts(source, script_args.curve_prompts, script_args.split_seed)
+    reference = loaded.get("ref_model") or models.load_causal_lm(loaded["model_path"])
+    scorer = None
+    if script_args.curve_reward_model:
+        scorer = rewards.RewardModelScorer.from_pretrained(script_args.curve_reward_model)
+    return LearningCurveCallback(loaded["tokenizer"], prompts, answers, training_args.output_dir,
+                                 script_args.curve_every, reward_scorer=scorer, reference=reference,
+                                 kl_prompts=script_args.curve_kl_prompts,
+                                 max_new_tokens=script_args.curve_max_new_tokens,
+                                 batch_size=training_args.per_device_eval_batch_size)
+
+
 def _monte_carlo_labels(training_args, model_path: str, train_dataset, eval_dataset):
     """Step labels for prompts with gold answers (the PRM stage on GSM8K): Math-Shepherd rollouts from the policy
     (`open_rlhf.inference.prm.monte_carlo_step_labels`), cached in ``<output_dir>/step_labels-<split>.jsonl``
@@ -329,6 +361,8 @@ def run_stage(name: str, script_args: ScriptArguments, training_args, model_args
 
     # Train
     trainer = _build_trainer(spec, loaded, training_args, model_args, train_dataset, eval_dataset, reward)
+    if script_args.curve_every:
+        trainer.callback_handler.add_callback(_curve_callback(spec, script_args, training_args, loaded, eval_dataset))
     trainer.train(resume_from_checkpoint=last_checkpoint)
 
     # Save

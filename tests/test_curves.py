@@ -1,0 +1,63 @@
+"""Learning curves (open_rlhf.curves): the callback inside a TRL trainer and inside our PPO, the file format."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from open_rlhf.curves import CURVE_FILE, CURVE_PLOT, plot_curves, read_curve
+from open_rlhf.errors import ConfigError
+from tests.test_scripts import COMMON, run
+
+CURVE = ["--curve_every", "1", "--curve_prompts", "4", "--curve_kl_prompts", "2", "--curve_max_new_tokens", "8"]
+
+
+def test_read_curve_keeps_the_last_point_of_a_step_and_names_a_bad_line(tmp_path):
+    path = tmp_path / CURVE_FILE
+    path.write_text("\n".join(json.dumps(p) for p in [{"step": 2, "accuracy": 0.5}, {"step": 0, "accuracy": 0.1},
+                                                       {"step": 2, "accuracy": 0.75}]) + "\n")
+    assert [(p["step"], p["accuracy"]) for p in read_curve(path)] == [(0, 0.1), (2, 0.75)]
+    path.write_text('{"step": 0}\nnot json\n')
+    with pytest.raises(ValueError, match=r"line 2"):
+        read_curve(path)
+
+
+def test_plot_has_one_panel_per_metric_present(tmp_path):
+    out = plot_curves({"a": [{"step": 0, "accuracy": 0.2, "ci_low": 0.1, "ci_high": 0.3, "kl": 0.0},
+                             {"step": 5, "accuracy": 0.4, "ci_low": 0.3, "ci_high": 0.5, "kl": 0.2}]},
+                      tmp_path / "c.png")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _check_curve(out, steps):
+    points = read_curve(out / CURVE_FILE)
+    assert [p["step"] for p in points] == steps
+    for p in points:
+        assert 0 <= p["accuracy"] <= 1 and p["ci_low"] <= p["accuracy"] <= p["ci_high"] and p["prompts"] == 4
+    # at step 0 the policy is its reference (the same weights; a trainer's own attention / dtype settings can move
+    # the log-probabilities by ~1e-4 nats, a trained policy's KL is ~0.3 here)
+    assert points[0]["kl"] == pytest.approx(0.0, abs=1e-2)
+    assert abs(points[-1]["kl"]) > 1e-6  # trained at lr 1e-2: the policy moved
+    assert (out / CURVE_PLOT).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_dpo_stage_writes_a_learning_curve(tmp_path, tiny_model_dir):
+    out = tmp_path / "out"
+    run("dpo", ["--model_name_or_path", str(tiny_model_dir), "--output_dir", str(out), "--max_steps", "2",
+                *COMMON, "--learning_rate", "1e-2", *CURVE])
+    _check_curve(out, [0, 1, 2])
+
+
+def test_ppo_stage_writes_a_learning_curve(tmp_path, tiny_model_dir):
+    out = tmp_path / "out"
+    run("ppo", ["--model_name_or_path", str(tiny_model_dir), "--output_dir", str(out), "--max_steps", "2",
+                "--advantage_estimator", "reinforce_pp", "--reward", "length:5", "--response_length", "8",
+                "--gradient_accumulation_steps", "1", *COMMON, "--learning_rate", "1e-2", *CURVE])
+    _check_curve(out, [0, 1, 2])
+
+
+def test_a_scorer_stage_refuses_a_learning_curve(tmp_path, tiny_model_dir):
+    with pytest.raises(ConfigError, match="not a policy"):
+        run("reward", ["--model_name_or_path", str(tiny_model_dir), "--output_dir", str(tmp_path / "rm"),
+                       "--max_steps", "1", *COMMON, *CURVE])
