@@ -36,6 +36,8 @@ def test_compare_methods_writes_csv_png_and_reuses_finished_work(tmp_path, tiny_
         assert row["kl_vs_sft"] is not None and row["train_seconds"] > 0 and row["peak_rss_mb"] > 0
         assert row["accuracy_delta_vs_sft"] == pytest.approx(row["accuracy"] - rows[0]["accuracy"])
         assert (row["fixed_vs_sft"] - row["broke_vs_sft"]) / 4 == pytest.approx(row["accuracy_delta_vs_sft"])
+        assert row["accuracy_ci_low"] <= row["accuracy"] <= row["accuracy_ci_high"] and 0 < row["p_vs_sft"] <= 1
+        assert row["delta_ci_low"] <= row["accuracy_delta_vs_sft"] <= row["delta_ci_high"]
     assert (run / "method_comparison.png").stat().st_size > 5000
     assert "| simpo |" in (run / "method_comparison.md").read_text()
 

@@ -1,0 +1,263 @@
+"""Hyperparameter sweeps of the preference and RL methods from one SFT policy, every run in one CSV, resumable.
+
+A sweep is a grid per method over the few hyperparameters that matter, times seeds. Every point is a pipeline run
+of that method (`open_rlhf.pipeline.train_stages`: the method's preset, then the grid values and the seed as
+flags, which win) in its own folder ``<runs_dir>/<run_name>/<point>/``, started from one SFT policy and scored
+with one reward model (trained once in ``<runs_dir>/<run_name>/`` unless ``--sft_model_path`` /
+``--reward_model_path`` are given). Each point is evaluated like `open_rlhf.compare` does: greedy accuracy on the
+same held-out prompts with its 95% Wilson interval, the paired difference to the SFT policy with a 95% bootstrap
+interval and the exact McNemar p-value, reward-model win rate and KL to the SFT policy.
+
+Outputs, rewritten atomically after every point (so a partial sweep is readable):
+
+- ``sweep.csv``: one row per point: method, seed, each grid value, the metrics, train time, the stage command;
+- ``sweep.md``: per method and configuration, the mean over seeds, best first.
+
+A point that finished training and evaluation is never redone (its ``result.json``), so a stopped sweep resumes
+where it stopped, and growing the grid only runs the new points. A point whose stage fails is recorded as failed
+and the sweep goes on. ``--curve_every K`` gives every point a learning curve (`open_rlhf.curves`).
+
+    python scripts/sweep.py --sft_model_path runs/default/sft --reward_model_path runs/default/reward \\
+        --grid dpo.learning_rate=5e-7,5e-6 dpo.beta=0.1,0.5 --seeds 0 1
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import itertools
+import json
+import re
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from open_rlhf.atomic import atomic_write_text
+from open_rlhf.errors import ConfigError, StageFailedError, parse_config, user_errors
+
+_GRID_ITEM = re.compile(r"^(?P<method>[A-Za-z0-9_]+)\.(?P<param>[A-Za-z_][A-Za-z0-9_]*)=(?P<values>.+)$")
+
+
+@dataclass
+class SweepArguments:
+    """Options of `scripts/sweep.py` (YAML: ``config/sweep/*.yaml``)."""
+
+    grid: list[str] = field(default_factory=list, metadata={
+        "help": "Grid items METHOD.PARAM=V1,V2,... (a stage flag and its values); the grid of a method is the "
+                "product of its items. A method named with no item runs its preset once."})
+    methods: list[str] = field(default_factory=list, metadata={"help": "Methods to run with their preset only."})
+    seeds: list[int] = field(default_factory=lambda: [0], metadata={"help": "Seeds of every configuration."})
+    run_name: str = field(default="sweep", metadata={"help": "Sweep folder: <runs_dir>/<run_name>/."})
+    runs_dir: str = field(default="runs", metadata={"help": "Folder of all runs."})
+    model_name_or_path: str | None = field(default=None, metadata={"help": "Starting model of the SFT stage."})
+    sft_model_path: str | None = field(default=None, metadata={"help": "A finished SFT policy (default: train one)."})
+    reward_model_path: str | None = field(
+        default=None, metadata={"help": "A finished reward model (default: train one)."})
+    preference_dataset: str = field(default="builtin", metadata={"help": "Pairs of the offline methods and RM."})
+    rl_dataset: str = field(default="builtin", metadata={"help": "Prompts (with gold answers) of RL methods."})
+    sft_dataset: str = field(default="builtin", metadata={"help": "SFT data (when the SFT stage is trained)."})
+    method_args: str = field(default="", metadata={"help": "Extra flags of every point's stage (before the grid's)."})
+    sft_args: str = field(default="", metadata={"help": "Extra flags of the SFT stage (when it is trained)."})
+    reward_args: str = field(default="", metadata={"help": "Extra flags of the reward stage (when it is trained)."})
+    curve_every: int = field(default=0, metadata={"help": "Learning curve of every point every K steps (0: off)."})
+    eval_prompts: int = field(default=256, metadata={"help": "Held-out prompts of the evaluation."})
+    eval_max_new_tokens: int = field(default=96, metadata={"help": "Generation length of the evaluation."})
+    eval_batch_size: int = field(default=16, metadata={"help": "Prompts per generation batch."})
+    split_seed: int = field(default=42, metadata={"help": "Seed of every train/eval split."})
+
+    def __post_init__(self):
+        self.points()  # a bad grid fails before anything runs
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.runs_dir) / self.run_name
+
+    def points(self) -> list[dict]:
+        """The sweep's points in run order: ``{"name", "method", "seed", "params": {flag: value}}``.
+
+        Raises:
+            ConfigError: a grid item that is not ``METHOD.PARAM=V1,...``, an unknown method, no point at all.
+        """
+        from open_rlhf.pipeline import METHODS
+
+        grids: dict[str, dict[str, list[str]]] = {m: {} for m in self.methods}
+        for item in self.grid:
+            match = _GRID_ITEM.match(item.strip())
+            if not match:
+                raise ConfigError(f"--grid {item!r}: expected METHOD.PARAM=V1,V2,... "
+                                  "(e.g. dpo.learning_rate=5e-7,5e-6).")
+            values = [v.strip() for v in match["values"].split(",") if v.strip()]
+            if not values:
+                raise ConfigError(f"--grid {item!r}: no values after '='.")
+            grids.setdefault(match["method"], {})[match["param"]] = values
+        unknown = [m for m in grids if m not in METHODS]
+        if unknown:
+            raise ConfigError(f"--grid / --methods: unknown method {unknown}; choose from {', '.join(METHODS)}.")
+        if not grids:
+            raise ConfigError("A sweep needs --grid items or --methods (e.g. --grid dpo.beta=0.1,0.5).")
+        if not self.seeds:
+            raise ConfigError("--seeds: give at least one seed.")
+        points = []
+        for method, grid in grids.items():
+            for combo in itertools.product(*grid.values()):
+                params = dict(zip(grid, combo, strict=True))
+                for seed in self.seeds:
+                    label = "-".join(f"{k}{v}" for k, v in params.items())
+                    name = re.sub(r"[^A-Za-z0-9._-]+", "_", "-".join(x for x in (method, label, f"s{seed}") if x))
+                    points.append({"name": name, "method": method, "seed": seed, "params": params})
+        return points
+
+
+def point_flags(point: dict, common: str = "", curve_every: int = 0) -> str:
+    """The extra stage flags of one point: ``common``, then ``--PARAM VALUE`` per grid value, then the seed."""
+    flags = [common] if common else []
+    flags += [f"--{k} {v}" for k, v in point["params"].items()]
+    if curve_every:
+        flags.append(f"--curve_every {curve_every}")
+    flags.append(f"--seed {point['seed']}")
+    return " ".join(flags)
+
+
+def run_sweep(args: SweepArguments) -> list[dict]:
+    """Train and evaluate every point not done yet; write ``sweep.csv`` and ``sweep.md`` (module docstring).
+
+    Returns:
+        `list[dict]`: one row per point (``sweep.csv``'s rows), in run order.
+    """
+    import functools
+
+    from open_rlhf import evaluation, models
+    from open_rlhf.compare import _evaluate, _row
+    from open_rlhf.pipeline import METHODS, PipelineArguments, train_stages
+    from open_rlhf.rewards import RewardModelScorer
+
+    run = args.run_dir
+    # Results are only comparable under one evaluation: a sweep folder keeps its settings
+    meta = {k: getattr(args, k) for k in ("rl_dataset", "eval_prompts", "eval_max_new_tokens", "split_seed",
+                                          "sft_model_path", "reward_model_path", "model_name_or_path")}
+    meta_path = run / "sweep.json"
+    if meta_path.is_file() and json.loads(meta_path.read_text()) != meta:
+        raise ConfigError(f"{run} holds a sweep evaluated with other settings ({meta_path}: "
+                          f"{meta_path.read_text().strip()}); its results would be mixed with these. Fix: pass a new "
+                          "--run_name, or the same evaluation settings.")
+    run.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(meta_path, json.dumps(meta))
+    shared = PipelineArguments(run_name=args.run_name, runs_dir=args.runs_dir, method="ppo",
+                               model_name_or_path=args.model_name_or_path, sft_model_path=args.sft_model_path,
+                               reward_model_path=args.reward_model_path, sft_dataset=args.sft_dataset,
+                               preference_dataset=args.preference_dataset, rl_dataset=args.rl_dataset,
+                               sft_args=args.sft_args, reward_args=args.reward_args, evaluate=False,
+                               split_seed=args.split_seed, gate=False)
+    train_stages(shared, only={"sft", "reward"})
+    sft_path, reward_path = shared.sft_path, shared.reward_path
+    prompts, answers = evaluation.held_out_prompts(args.rl_dataset, args.eval_prompts, args.split_seed)
+    scorer = RewardModelScorer.from_pretrained(str(reward_path))
+    reference = functools.cache(lambda: models.load_causal_lm(str(sft_path)))
+
+    sft_file = run / "sft_eval.json"
+    if sft_file.is_file():
+        sft = json.loads(sft_file.read_text())
+    else:
+        sft = _evaluate(Path(sft_path), prompts, answers, scorer, args)
+        atomic_write_text(sft_file, json.dumps(sft))
+    rows = []
+    for point in args.points():
+        folder = run / point["name"]
+        result_file = folder / "result.json"
+        base = {"point": point["name"], "method": point["method"], "seed": point["seed"],
+                "params": json.dumps(point["params"])}
+        if result_file.is_file():
+            print(f"=== sweep {point['name']}: already done ({result_file}), skipped", flush=True)
+            rows.append(json.loads(result_file.read_text()))
+            continue
+        pipeline_args = PipelineArguments(
+            run_name=point["name"], runs_dir=str(run), method=point["method"], sft_model_path=str(sft_path),
+            reward_model_path=str(reward_path), preference_dataset=args.preference_dataset,
+            rl_dataset=args.rl_dataset, method_args=point_flags(point, args.method_args, args.curve_every),
+            evaluate=False, eval_prompts=args.eval_prompts, split_seed=args.split_seed, gate=False)
+        try:
+            state = train_stages(pipeline_args)
+        except StageFailedError as error:  # a failed point is a result too; the sweep goes on (and retries it)
+            print(f"=== sweep {point['name']}: FAILED ({error})", flush=True)
+            rows.append({**base, "status": "failed", "error": str(error).splitlines()[0]})
+            write_outputs(rows, run)
+            continue
+        from open_rlhf import outputs
+
+        stage_dir = folder / point["method"]
+        metrics = _evaluate(stage_dir, prompts, answers, scorer, args, reference())
+        marker = json.loads((stage_dir / outputs.COMPLETE_MARKER).read_text())
+        row = {**base, "status": "done", **point["params"],
+               **_row(point["method"], METHODS[point["method"]], metrics, sft,
+                      state["stages"].get(point["method"], {}), marker)}
+        row["sft_accuracy"] = sft["accuracy"]
+        atomic_write_text(result_file, json.dumps(row))
+        rows.append(row)
+        write_outputs(rows, run)
+    write_outputs(rows, run)
+    return rows
+
+
+def summarize(rows: list[dict]) -> list[dict]:
+    """Per method and configuration: mean accuracy and mean difference to SFT over seeds, best first per method.
+
+    Returns:
+        `list[dict]` with ``method``, ``params``, ``seeds``, ``accuracy``, ``accuracy_delta_vs_sft`` (means),
+        ``min_delta`` / ``max_delta`` over seeds, ``significant_seeds`` (seeds with McNemar p < 0.05 and a
+        positive difference), ``kl_vs_sft`` (mean).
+    """
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in rows:
+        if r.get("status") == "done":
+            groups.setdefault((r["method"], r["params"]), []).append(r)
+    out = []
+    for (method, params), rs in groups.items():
+        deltas = [r["accuracy_delta_vs_sft"] for r in rs]
+        kls = [r["kl_vs_sft"] for r in rs if r.get("kl_vs_sft") is not None]
+        out.append({"method": method, "params": params, "seeds": len(rs),
+                    "accuracy": statistics.fmean(r["accuracy"] for r in rs),
+                    "accuracy_delta_vs_sft": statistics.fmean(deltas), "min_delta": min(deltas),
+                    "max_delta": max(deltas),
+                    "significant_seeds": sum(r["p_vs_sft"] < 0.05 and r["accuracy_delta_vs_sft"] > 0 for r in rs),
+                    "kl_vs_sft": statistics.fmean(kls) if kls else None})
+    out.sort(key=lambda s: (s["method"], -s["accuracy"]))
+    return out
+
+
+def markdown_summary(rows: list[dict]) -> str:
+    """``sweep.md``: the per-configuration summary and the failed points."""
+    lines = ["| method | configuration | seeds | accuracy (mean) | vs SFT (mean; min, max) | seeds significantly "
+             "above SFT | KL to SFT |", "|---|---|---:|---:|---:|---:|---:|"]
+    for s in summarize(rows):
+        kl = "n/a" if s["kl_vs_sft"] is None else f"{s['kl_vs_sft']:.3f}"
+        lines.append(f"| {s['method']} | `{s['params']}` | {s['seeds']} | {s['accuracy']:.3f} | "
+                     f"{s['accuracy_delta_vs_sft']:+.3f} ({s['min_delta']:+.3f}, {s['max_delta']:+.3f}) | "
+                     f"{s['significant_seeds']} | {kl} |")
+    failed = [r for r in rows if r.get("status") == "failed"]
+    if failed:
+        lines += ["", "Failed points: " + ", ".join(f"`{r['point']}` ({r['error']})" for r in failed)]
+    return "\n".join(lines) + "\n"
+
+
+def write_outputs(rows: list[dict], run_dir: Path) -> None:
+    """``sweep.csv`` (every column any row has, in first-seen order) and ``sweep.md``, each written atomically."""
+    columns: list[str] = []
+    for r in rows:
+        columns += [k for k in r if k not in columns]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(run_dir / "sweep.csv", buffer.getvalue())
+    atomic_write_text(run_dir / "sweep.md", markdown_summary(rows))
+
+
+def sweep_main(argv: list[str] | None = None) -> None:
+    """``scripts/sweep.py``: parse ``argv``, run the sweep, print the summary."""
+    from trl import TrlParser
+
+    with user_errors():
+        (args,) = parse_config(TrlParser((SweepArguments,)), argv)
+        rows = run_sweep(args)
+    print(markdown_summary(rows))
+    print(f"Written: {args.run_dir / 'sweep.csv'}, {args.run_dir / 'sweep.md'}")

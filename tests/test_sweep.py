@@ -1,0 +1,84 @@
+"""The hyperparameter sweep (open_rlhf.sweep): the grid, its errors, the YAML preset, and a tiny sweep end to end."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+from trl import TrlParser
+
+from open_rlhf.errors import ConfigError, parse_config
+from open_rlhf.sweep import SweepArguments, point_flags, run_sweep, summarize
+from tests.test_pipeline import METHOD_ARGS, TINY_STAGE
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_grid_is_the_product_of_a_methods_items_times_seeds():
+    args = SweepArguments(grid=["dpo.learning_rate=1e-6,1e-5", "dpo.beta=0.1,0.5,1", "grpo.max_steps=24"],
+                          methods=["kto"], seeds=[0, 1])
+    points = args.points()
+    assert len(points) == (1 + 2 * 3 + 1) * 2  # kto's preset, dpo 2 x 3, grpo 1; two seeds each
+    assert points[0] == {"name": "kto-s0", "method": "kto", "seed": 0, "params": {}}
+    dpo = [p for p in points if p["method"] == "dpo"]
+    assert {(p["params"]["learning_rate"], p["params"]["beta"], p["seed"]) for p in dpo} == {
+        (lr, b, s) for lr in ("1e-6", "1e-5") for b in ("0.1", "0.5", "1") for s in (0, 1)}
+    assert len({p["name"] for p in points}) == len(points)  # every point has its own folder
+    flags = point_flags(dpo[0], "--max_steps 2", curve_every=5)
+    assert flags == "--max_steps 2 --learning_rate 1e-6 --beta 0.1 --curve_every 5 --seed 0"  # grid after common
+
+
+@pytest.mark.parametrize("grid, message", [
+    (["dpo.learning_rate"], "METHOD.PARAM=V1"),
+    (["dpo.beta="], "METHOD.PARAM=V1"),
+    (["dpo.beta=,"], "no values"),
+    (["sft2.beta=1"], "unknown method"),
+    ([], "needs --grid"),
+])
+def test_bad_grids_are_clear_errors(grid, message):
+    with pytest.raises(ConfigError, match=message):
+        SweepArguments(grid=grid)
+
+
+def test_the_preset_parses(tmp_path):
+    (args,) = parse_config(TrlParser((SweepArguments,)), ["--config", str(REPO / "config/sweep/default.yaml")])
+    points = args.points()
+    assert len(points) == 8 and args.eval_prompts == 256
+    assert "--loss_type sigmoid sft --loss_weights 1.0 1.0" in point_flags(points[-1])
+
+
+def test_summary_averages_seeds_and_counts_significant_ones():
+    rows = [{"status": "done", "method": "dpo", "params": "{}", "accuracy": a, "accuracy_delta_vs_sft": d,
+             "p_vs_sft": p, "kl_vs_sft": 0.5} for a, d, p in ((0.5, 0.1, 0.01), (0.3, -0.1, 0.2))]
+    rows.append({"status": "failed", "method": "dpo", "params": "{}", "point": "x", "error": "boom"})
+    (s,) = summarize(rows)
+    assert s["seeds"] == 2 and s["accuracy"] == pytest.approx(0.4) and s["accuracy_delta_vs_sft"] == pytest.approx(0)
+    assert (s["min_delta"], s["max_delta"], s["significant_seeds"]) == (-0.1, 0.1, 1)
+
+
+@pytest.mark.slow  # trains an SFT policy, a reward model and two DPO points (~1 min); make test-slow
+def test_tiny_sweep_end_to_end_resumes_and_guards_its_settings(tmp_path, tiny_model_dir, capsys):
+    args = SweepArguments(grid=["dpo.learning_rate=1e-3,1e-2"], run_name="sw", runs_dir=str(tmp_path),
+                          model_name_or_path=str(tiny_model_dir), sft_args=f"--max_steps 1 {TINY_STAGE}",
+                          reward_args=f"--max_steps 1 {TINY_STAGE}", method_args=METHOD_ARGS["dpo"],
+                          eval_prompts=4, eval_max_new_tokens=8, eval_batch_size=4)
+    rows = run_sweep(args)
+    assert [r["point"] for r in rows] == ["dpo-learning_rate1e-3-s0", "dpo-learning_rate1e-2-s0"]
+    for r in rows:
+        assert r["status"] == "done" and 0 <= r["accuracy"] <= 1 and 0 < r["p_vs_sft"] <= 1
+        assert r["delta_ci_low"] <= r["accuracy_delta_vs_sft"] <= r["delta_ci_high"]
+        assert "--learning_rate " + r["learning_rate"] in r["command"] and "--seed 0" in r["command"]
+    with open(tmp_path / "sw" / "sweep.csv") as f:
+        assert [r["learning_rate"] for r in csv.DictReader(f)] == ["1e-3", "1e-2"]
+    assert "| dpo |" in (tmp_path / "sw" / "sweep.md").read_text()
+
+    capsys.readouterr()
+    again = run_sweep(args)
+    assert capsys.readouterr().out.count("already done") == 2
+    assert [r["accuracy"] for r in again] == [r["accuracy"] for r in rows]
+    assert json.loads((tmp_path / "sw" / "sweep.json").read_text())["eval_prompts"] == 4
+    args.eval_prompts = 8
+    with pytest.raises(ConfigError, match="other settings"):
+        run_sweep(args)
