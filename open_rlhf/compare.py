@@ -36,6 +36,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from open_rlhf import outputs  # noqa: E402
 from open_rlhf.atomic import atomic_write_text  # noqa: E402
+from open_rlhf.curves import CURVE_FILE, plot_curves, read_curve  # noqa: E402
 from open_rlhf.errors import ConfigError, StageFailedError, parse_config, user_errors  # noqa: E402
 from open_rlhf.metrics import accuracy_interval, mcnemar_test, paired_bootstrap  # noqa: E402
 from open_rlhf.metrics import win_rate as win_rate_with_interval  # noqa: E402
@@ -71,6 +72,8 @@ class CompareArguments:
     online_args: str = field(default="", metadata={"help": "Extra flags for the RL methods' stages only."})
     sft_args: str = field(default="", metadata={"help": "Extra flags for the SFT stage."})
     reward_args: str = field(default="", metadata={"help": "Extra flags for the reward stage."})
+    curve_every: int = field(default=0, metadata={
+        "help": "Learning curve of every method every K steps (open_rlhf.curves; 0: off), plotted together."})
     eval_prompts: int = field(default=256, metadata={
         "help": "Held-out prompts (256: a standard error of about 3 points at 50% accuracy; 64 gives 6)."})
     eval_max_new_tokens: int = field(default=96, metadata={"help": "Generation length of the evaluation."})
@@ -94,7 +97,8 @@ class CompareArguments:
             sft_dataset=self.sft_dataset, preference_dataset=self.preference_dataset, rl_dataset=self.rl_dataset,
             sft_args=self.sft_args, reward_args=self.reward_args,
             method_args=" ".join([self.method_args, self.offline_args if METHODS[method].data == "preference"
-                                  else self.online_args]).strip(),
+                                  else self.online_args,
+                                  f"--curve_every {self.curve_every}" if self.curve_every else ""]).strip(),
             evaluate=False, eval_prompts=self.eval_prompts, split_seed=self.split_seed,
             gate=False)  # the comparison evaluates every method, regressions included: nothing is rolled back
 
@@ -131,7 +135,8 @@ def _evaluate(path: Path, prompts, answers, scorer, args: CompareArguments, refe
 def compare_methods(args: CompareArguments) -> list[dict]:
     """Train (or reuse) every method of ``args.methods`` from one SFT policy, evaluate each, write the outputs.
 
-    Writes ``<run_dir>/method_comparison.csv``, ``.md`` and ``.png``, and per method ``<run_dir>/compare/<m>.json``.
+    Writes ``<run_dir>/method_comparison.csv``, ``.md`` and ``.png``, and per method ``<run_dir>/compare/<m>.json``;
+    with ``curve_every``, every method's learning curve in one ``<run_dir>/learning_curves.png``.
 
     Returns:
         `list[dict]`: one row per method (the CSV columns), SFT first.
@@ -273,6 +278,10 @@ def write_outputs(rows: list[dict], run_dir: Path) -> None:
     tmp = run_dir / ".method_comparison.tmp.png"
     plot_comparison(rows, tmp)
     tmp.replace(run_dir / "method_comparison.png")
+    curves = {r["method"]: read_curve(run_dir / r["method"] / CURVE_FILE) for r in rows
+              if (run_dir / r["method"] / CURVE_FILE).is_file()}
+    if curves:  # the methods trained with --curve_every, one line each
+        plot_curves(curves, run_dir / "learning_curves.png", title="Learning curves from one SFT policy")
 
 
 def make_parser():

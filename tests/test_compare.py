@@ -24,7 +24,8 @@ def test_compare_methods_writes_csv_png_and_reuses_finished_work(tmp_path, tiny_
     args = CompareArguments(
         methods=["simpo", "rloo"], run_name="cmp", runs_dir=str(tmp_path), model_name_or_path=str(tiny_model_dir),
         sft_args=f"--max_steps 1 {TINY_STAGE}", reward_args=f"--max_steps 1 {TINY_STAGE}",
-        offline_args=METHOD_ARGS["simpo"], online_args=METHOD_ARGS["rloo"], eval_prompts=4, eval_max_new_tokens=8, eval_batch_size=4)
+        offline_args=METHOD_ARGS["simpo"], online_args=METHOD_ARGS["rloo"], eval_prompts=4, eval_max_new_tokens=8, eval_batch_size=4,
+        curve_every=1, method_args="--curve_prompts 4 --curve_max_new_tokens 8 --curve_kl_prompts 2")
     rows = compare_methods(args)
     run = tmp_path / "cmp"
     assert [r["method"] for r in rows] == ["sft", "simpo", "rloo"]
@@ -39,6 +40,8 @@ def test_compare_methods_writes_csv_png_and_reuses_finished_work(tmp_path, tiny_
         assert row["accuracy_ci_low"] <= row["accuracy"] <= row["accuracy_ci_high"] and 0 < row["p_vs_sft"] <= 1
         assert row["delta_ci_low"] <= row["accuracy_delta_vs_sft"] <= row["delta_ci_high"]
     assert (run / "method_comparison.png").stat().st_size > 5000
+    assert (run / "learning_curves.png").stat().st_size > 5000  # both methods' curves, from --curve_every 1
+    assert (run / "simpo" / "learning_curve.jsonl").is_file() and (run / "rloo" / "learning_curve.jsonl").is_file()
     assert "| simpo |" in (run / "method_comparison.md").read_text()
 
     capsys.readouterr()
