@@ -70,6 +70,24 @@ def test_study_writes_rows_plot_and_table_and_resumes(study):
         scaling.run(scaling.make_parser().parse_args([*argv, "--n_max", "4"]))
 
 
+def test_phases_split_one_study_between_processes(study, tmp_path):
+    """A beam_prm-only run computes only its phase (plus greedy), a pool,mcts run the rest; an all-phases run then
+    assembles every row from the cache with the same values as the one-process study."""
+    out, argv, _ = study
+    split = tmp_path / "split"
+    args = [*argv[:-1], str(split)]
+    scaling.run(scaling.make_parser().parse_args([*args, "--phases", "beam_prm"]))
+    assert sorted(p.name for p in split.glob("builtin-*.json")) == ["builtin-beam_prm-2.json", "builtin-greedy.json"]
+    scaling.run(scaling.make_parser().parse_args([*args, "--phases", "pool,mcts"]))
+    assert len(list(split.glob("builtin-*.json"))) == 4
+    scaling.run(scaling.make_parser().parse_args(args))
+    keep = ("method", "n", "accuracy", "tokens_per_prompt")
+    assert ([{k: r[k] for k in keep} for r in csv.DictReader((split / "results.csv").open())]
+            == [{k: r[k] for k in keep} for r in csv.DictReader((out / "results.csv").open())])
+    with pytest.raises(ConfigError, match="--phases must be"):
+        scaling.run(scaling.make_parser().parse_args([*args, "--phases", "beam"]))
+
+
 def test_study_flags_are_checked(tmp_path):
     with pytest.raises(ConfigError, match="--search_budgets must be"):
         scaling.run(scaling.make_parser().parse_args(["--search_budgets", "4,x", "--output_dir", str(tmp_path)]))

@@ -23,7 +23,9 @@ Tokens are generated tokens per prompt (scoring passes are not counted). Accurac
 the gold one (`open_rlhf.tasks.gsm8k.extract_final_answer`), with 95% Wilson intervals; each method's difference to
 greedy on the same prompts gets McNemar's exact p-value. Outputs in ``--output_dir``: ``results.csv``,
 ``scaling.png`` (accuracy vs tokens, log x, one panel per prompt set), ``results.md`` (the table) and the cached
-``<set>-*.json`` phases, so an interrupted study resumes where it stopped; nothing is overwritten.
+``<set>-*.json`` phases, so an interrupted study resumes where it stopped; nothing is overwritten. ``--phases``
+lets several processes share one study: each computes its phases (greedy always) and reads the others' from the
+cache; a final run with every phase assembles the results without recomputing anything.
 """
 
 from __future__ import annotations
@@ -65,7 +67,13 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch_size", type=int, default=64, help="sequences per generate call")
     p.add_argument("--output_dir", default="runs/test_time_scaling")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--phases", default=",".join(PHASES),
+                   help="phases to compute, of greedy,pool,beam_prm,mcts (the others only read from the cache): e.g. "
+                        "two processes, one with pool,mcts and one with beam_prm, share the work of one output dir")
     return p
+
+
+PHASES = ("greedy", "pool", "beam_prm", "mcts")
 
 
 def _budgets(text: str, flag: str) -> list[int]:
@@ -84,6 +92,10 @@ def _check(args) -> tuple[list[int], list[int]]:
     if min(args.n_max, args.gsm8k_n_max, args.gsm8k_n) < 1 or args.builtin < 0:
         raise ConfigError(f"--n_max, --gsm8k_n_max and --gsm8k_n must be >= 1 and --builtin >= 0, got {args.n_max}, "
                           f"{args.gsm8k_n_max}, {args.gsm8k_n}, {args.builtin}")
+    phases = [x.strip() for x in args.phases.split(",") if x.strip()]
+    if not phases or any(x not in PHASES for x in phases):
+        raise ConfigError(f"--phases must be a comma-separated subset of {','.join(PHASES)}, got {args.phases!r}")
+    args.phases = ",".join(phases)
     budgets = _budgets(args.search_budgets, "--search_budgets")
     gsm8k_budgets = budgets if args.gsm8k_search_budgets is None else _budgets(args.gsm8k_search_budgets,
                                                                                "--gsm8k_search_budgets")
@@ -94,12 +106,15 @@ def _check(args) -> tuple[list[int], list[int]]:
     return budgets, gsm8k_budgets
 
 
-def _cached(path: Path, compute):
-    """``compute()``'s JSON result, cached in ``path`` (written atomically; read back on a rerun)."""
+def _cached(path: Path, compute, allowed: bool = True):
+    """``compute()``'s JSON result, cached in ``path`` (written atomically; read back on a rerun); None when it is
+    not cached and ``allowed`` is False (a phase left to another process, `--phases`)."""
     from open_rlhf.atomic import atomic_write_text
 
     if path.is_file():
         return json.loads(path.read_text())
+    if not allowed:
+        return None
     value = compute()
     atomic_write_text(path, json.dumps(value))
     return value
@@ -195,14 +210,16 @@ def run_prompt_set(name: str, prompts: list, gold: list[str], model, tokenizer, 
                 "orm": [orm_scores[i * n:(i + 1) * n] for i in range(len(prompts))],
                 "prm": [prm_scores[i * n:(i + 1) * n] for i in range(len(prompts))]}
 
-    samples = _cached(out_dir / f"{name}-samples.json", timed(pool))
-    for n in nested_sizes(n_max):
+    phases = set(args.phases.split(","))
+    samples = _cached(out_dir / f"{name}-samples.json", timed(pool), "pool" in phases)
+    for n in nested_sizes(n_max) if samples else []:
         metrics = pool_metrics(samples["answers"], samples["tokens"], samples["orm"], samples["prm"], gold, n,
                                args.confidence)
         for method, m in metrics.items():
             rows.append(_row(name, method, n, m["correct"], m["tokens"], m["samples"],
                              samples["seconds"] * n / n_max, greedy_correct))
-    mean_sample_tokens = sum(map(sum, samples["tokens"])) / (len(prompts) * n_max)
+    # MCTS's token budget is N mean samples: it needs the pool
+    mean_sample_tokens = sum(map(sum, samples["tokens"])) / (len(prompts) * n_max) if samples else None
 
     policy = search.LMStepPolicy(model, tokenizer, max_step_tokens=args.max_step_tokens, max_steps=args.max_steps,
                                  temperature=args.temperature,
@@ -226,7 +243,10 @@ def run_prompt_set(name: str, prompts: list, gold: list[str], model, tokenizer, 
                     "samples": [r.num_samples for r in results]}
 
         for method, fn in (("beam_prm", beam), ("mcts", mcts)):
-            result = _cached(out_dir / f"{name}-{method}-{budget}.json", timed(fn))
+            result = _cached(out_dir / f"{name}-{method}-{budget}.json", timed(fn),
+                             method in phases and (method != "mcts" or samples is not None))
+            if result is None:
+                continue
             correct = [a is not None and a == gg for a, gg in zip(result["answers"], gold, strict=True)]
             rows.append(_row(name, method, budget, correct, result["tokens"], result["samples"], result["seconds"],
                              greedy_correct))
@@ -301,7 +321,11 @@ def run(args) -> Path:
             "cpu_capability": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads(),
             "args": vars(args)}
     meta_path = out_dir / "study.json"
-    if meta_path.is_file() and json.loads(meta_path.read_text())["args"] != meta["args"]:
+
+    def settings(a: dict) -> dict:  # what the cached phases depend on (not which process computes which phase)
+        return {k: v for k, v in a.items() if k != "phases"}
+
+    if meta_path.is_file() and settings(json.loads(meta_path.read_text())["args"]) != settings(meta["args"]):
         raise ConfigError(f"{out_dir} holds a study with other settings ({meta_path}); its cached phases would be "
                           "mixed with these. Fix: pass a new --output_dir.")
     atomic_write_text(meta_path, json.dumps(meta, indent=1))
