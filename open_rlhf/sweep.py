@@ -126,7 +126,7 @@ def run_sweep(args: SweepArguments) -> list[dict]:
     """
     import functools
 
-    from open_rlhf import evaluation, models
+    from open_rlhf import evaluation, models, outputs
     from open_rlhf.compare import _evaluate, _row
     from open_rlhf.pipeline import METHODS, PipelineArguments, train_stages
     from open_rlhf.rewards import RewardModelScorer
@@ -182,8 +182,6 @@ def run_sweep(args: SweepArguments) -> list[dict]:
             rows.append({**base, "status": "failed", "error": str(error).splitlines()[0]})
             write_outputs(rows, run)
             continue
-        from open_rlhf import outputs
-
         stage_dir = folder / point["method"]
         metrics = _evaluate(stage_dir, prompts, answers, scorer, args, reference())
         marker = json.loads((stage_dir / outputs.COMPLETE_MARKER).read_text())
