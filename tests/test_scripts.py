@@ -9,8 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from trl import TrlParser
 
 from open_rlhf import compare, pipeline, stages
+from open_rlhf.sweep import SweepArguments
 
 REPO = Path(__file__).resolve().parents[1]
 COMMON = ["--per_device_train_batch_size", "2", "--max_train_samples", "16", "--eval_size", "4",
@@ -154,7 +156,8 @@ def test_sft_with_lora(tmp_path, tiny_model_dir):
 
 
 CONFIG_PARSERS = {**{name: (lambda n=name: stages.make_parser(n)) for name in stages.STAGES},
-                  "pipeline": pipeline.make_parser, "compare": compare.make_parser}
+                  "pipeline": pipeline.make_parser, "compare": compare.make_parser,
+                  "sweep": lambda: TrlParser((SweepArguments,))}
 
 
 def test_every_method_config_has_a_parser():
