@@ -51,11 +51,10 @@ CSV_COLUMNS = ["method", "family", "accuracy", "accuracy_ci_low", "accuracy_ci_h
 
 
 @dataclass
-class CompareArguments:
-    """Options of `scripts/compare_methods.py`."""
+class FromSFTArguments:
+    """Options shared by `compare_methods.py` and `sweep.py`: methods trained from one SFT policy, scored by one
+    reward model and evaluated on the same held-out prompts (`FromSFT`)."""
 
-    methods: list[str] = field(
-        default_factory=lambda: list(METHODS), metadata={"help": f"Methods to compare (of: {', '.join(METHODS)})."})
     run_name: str = field(default="methods", metadata={"help": "Shared run folder: <runs_dir>/<run_name>/."})
     runs_dir: str = field(default="runs", metadata={"help": "Folder of all runs."})
     model_name_or_path: str | None = field(
@@ -68,8 +67,6 @@ class CompareArguments:
     rl_dataset: str = field(default="builtin", metadata={"help": "Prompts (with gold answers) of RL methods."})
     sft_dataset: str = field(default="builtin", metadata={"help": "SFT data (when the SFT stage is trained)."})
     method_args: str = field(default="", metadata={"help": "Extra flags for every method's stage (e.g. smoke runs)."})
-    offline_args: str = field(default="", metadata={"help": "Extra flags for the preference methods' stages only."})
-    online_args: str = field(default="", metadata={"help": "Extra flags for the RL methods' stages only."})
     sft_args: str = field(default="", metadata={"help": "Extra flags for the SFT stage."})
     reward_args: str = field(default="", metadata={"help": "Extra flags for the reward stage."})
     curve_every: int = field(default=0, metadata={
@@ -80,27 +77,97 @@ class CompareArguments:
     eval_batch_size: int = field(default=16, metadata={"help": "Prompts per generation batch."})
     split_seed: int = field(default=42, metadata={"help": "Seed of every train/eval split."})
 
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.runs_dir) / self.run_name
+
+    def pipeline_args(self, method: str, method_args: str = "", **overrides) -> PipelineArguments:
+        """A pipeline run of ``method`` from the shared SFT policy and reward model; no per-run report or gate (a
+        comparison evaluates every method, regressions included: nothing is rolled back)."""
+        settings = dict(
+            run_name=self.run_name, runs_dir=self.runs_dir, method=method, model_name_or_path=self.model_name_or_path,
+            sft_model_path=self.sft_model_path, reward_model_path=self.reward_model_path,
+            sft_dataset=self.sft_dataset, preference_dataset=self.preference_dataset, rl_dataset=self.rl_dataset,
+            sft_args=self.sft_args, reward_args=self.reward_args, method_args=method_args.strip(),
+            evaluate=False, eval_prompts=self.eval_prompts, split_seed=self.split_seed, gate=False)
+        return PipelineArguments(**{**settings, **overrides})
+
+
+@dataclass
+class CompareArguments(FromSFTArguments):
+    """Options of `scripts/compare_methods.py`."""
+
+    methods: list[str] = field(
+        default_factory=lambda: list(METHODS), metadata={"help": f"Methods to compare (of: {', '.join(METHODS)})."})
+    offline_args: str = field(default="", metadata={"help": "Extra flags for the preference methods' stages only."})
+    online_args: str = field(default="", metadata={"help": "Extra flags for the RL methods' stages only."})
+
     def __post_init__(self):
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown:
             raise ConfigError(f"--methods: unknown {unknown}; choose from {', '.join(METHODS)}.")
 
-    @property
-    def run_dir(self) -> Path:
-        return Path(self.runs_dir) / self.run_name
+    def method_pipeline_args(self, method: str) -> PipelineArguments:
+        """The pipeline run of one method: shared run folder, SFT policy and reward model, the method's extra flags."""
+        return self.pipeline_args(method, " ".join([
+            self.method_args, self.offline_args if METHODS[method].data == "preference" else self.online_args,
+            f"--curve_every {self.curve_every}" if self.curve_every else ""]))
 
-    def pipeline_args(self, method: str) -> PipelineArguments:
-        """The pipeline run of one method: shared run folder, SFT policy and reward model; no per-run report."""
-        return PipelineArguments(
-            run_name=self.run_name, runs_dir=self.runs_dir, method=method, model_name_or_path=self.model_name_or_path,
-            sft_model_path=self.sft_model_path, reward_model_path=self.reward_model_path,
-            sft_dataset=self.sft_dataset, preference_dataset=self.preference_dataset, rl_dataset=self.rl_dataset,
-            sft_args=self.sft_args, reward_args=self.reward_args,
-            method_args=" ".join([self.method_args, self.offline_args if METHODS[method].data == "preference"
-                                  else self.online_args,
-                                  f"--curve_every {self.curve_every}" if self.curve_every else ""]).strip(),
-            evaluate=False, eval_prompts=self.eval_prompts, split_seed=self.split_seed,
-            gate=False)  # the comparison evaluates every method, regressions included: nothing is rolled back
+
+class FromSFT:
+    """The shared start and yardstick of a comparison or a sweep: the SFT policy and reward model (trained once in
+    ``args.run_dir`` unless given), the held-out prompts, and the SFT policy's own evaluation (cached in
+    ``sft_cache``) that every method is compared with.
+
+    Args:
+        args (`FromSFTArguments`): the shared options.
+        sft_cache (`Path`): JSON file of the SFT policy's evaluation; reused when it exists.
+
+    Raises:
+        StageFailedError: when the SFT or reward stage fails.
+    """
+
+    def __init__(self, args: FromSFTArguments, sft_cache: Path):
+        from open_rlhf import evaluation, models
+
+        self.args = args
+        shared = args.pipeline_args("ppo")
+        train_stages(shared, only={"sft", "reward"})
+        self.sft_path, self.reward_path = shared.sft_path, shared.reward_path
+        self.prompts, self.answers = evaluation.held_out_prompts(args.rl_dataset, args.eval_prompts, args.split_seed)
+        self.scorer = RewardModelScorer.from_pretrained(str(self.reward_path))
+        # the SFT policy, for KL; loaded once, on first use
+        self._reference = functools.cache(lambda: models.load_causal_lm(str(self.sft_path)))
+        if sft_cache.is_file():
+            print(f"=== SFT policy: already evaluated ({sft_cache}), reused", flush=True)
+            self.sft = json.loads(sft_cache.read_text())
+        else:
+            self.sft = self.evaluate(Path(self.sft_path), kl=False)
+            atomic_write_text(sft_cache, json.dumps(self.sft, indent=1))
+
+    def evaluate(self, path: Path, kl: bool = True) -> dict:
+        """`open_rlhf.evaluation.evaluate_policy` of the policy in ``path`` on the held-out prompts (greedy), and
+        with ``kl`` its sampled KL to the SFT policy (``kl_vs_sft``, nats per sequence)."""
+        from open_rlhf import evaluation, models
+
+        tokenizer = models.load_tokenizer(str(path))
+        policy = models.load_causal_lm(str(path))
+        metrics = evaluation.evaluate_policy(policy, tokenizer, self.prompts, self.answers, self.scorer,
+                                             self.args.eval_max_new_tokens, self.args.eval_batch_size)
+        if kl:
+            metrics["kl_vs_sft"] = evaluation.kl_to_reference(policy, self._reference(), tokenizer, self.prompts,
+                                                              self.args.eval_max_new_tokens,
+                                                              self.args.eval_batch_size)
+        return metrics
+
+    def row(self, name: str, metrics: dict, stage: dict | None = None, marker: dict | None = None,
+            method: str | None = None) -> dict:
+        """One comparison row (`CSV_COLUMNS`) named ``name`` of the method ``method`` (default: ``name``;
+        ``"sft"`` for the start) against the SFT policy: accuracy with its Wilson interval, paired-bootstrap
+        difference, McNemar p, fixed / broke, win rate (`comparison_row`)."""
+        method = method or name
+        return comparison_row(name, None if method == "sft" else METHODS[method], metrics, self.sft, stage or {},
+                              marker or {})
 
 
 def win_rate(scores: list[float], baseline_scores: list[float]) -> float:
@@ -119,19 +186,6 @@ def win_rate(scores: list[float], baseline_scores: list[float]) -> float:
     return win_rate_with_interval(scores, baseline_scores)["win_rate"]
 
 
-def _evaluate(path: Path, prompts, answers, scorer, args: CompareArguments, reference=None) -> dict:
-    from open_rlhf import evaluation, models
-
-    tokenizer = models.load_tokenizer(str(path))
-    policy = models.load_causal_lm(str(path))
-    metrics = evaluation.evaluate_policy(policy, tokenizer, prompts, answers, scorer, args.eval_max_new_tokens,
-                                         args.eval_batch_size)
-    if reference is not None:
-        metrics["kl_vs_sft"] = evaluation.kl_to_reference(policy, reference, tokenizer, prompts,
-                                                          args.eval_max_new_tokens, args.eval_batch_size)
-    return metrics
-
-
 def compare_methods(args: CompareArguments) -> list[dict]:
     """Train (or reuse) every method of ``args.methods`` from one SFT policy, evaluate each, write the outputs.
 
@@ -144,17 +198,9 @@ def compare_methods(args: CompareArguments) -> list[dict]:
     Raises:
         StageFailedError: when a stage fails (its log path is in the message); the other methods still run first.
     """
-    from open_rlhf import evaluation, models
-
     run = args.run_dir
-    # The shared SFT policy and reward model (the reward model scores every method: win rate vs SFT)
-    shared = args.pipeline_args("ppo")
-    train_stages(shared, only={"sft", "reward"})
-    sft_path, reward_path = shared.sft_path, shared.reward_path
-
-    prompts, answers = evaluation.held_out_prompts(args.rl_dataset, args.eval_prompts, args.split_seed)
-    scorer = RewardModelScorer.from_pretrained(str(reward_path))
     out = run / "compare"
+    start = FromSFT(args, sft_cache=out / "sft.json")
 
     def cached(name: str, compute) -> dict:
         path = out / f"{name}.json"
@@ -165,21 +211,18 @@ def compare_methods(args: CompareArguments) -> list[dict]:
         atomic_write_text(path, json.dumps(result, indent=1))
         return result
 
-    sft = cached("sft", lambda: _evaluate(sft_path, prompts, answers, scorer, args))
-    reference = functools.cache(lambda: models.load_causal_lm(str(sft_path)))  # the SFT policy, for KL; loaded once
-    rows = [_row("sft", None, sft, sft, {}, {})]
+    rows = [start.row("sft", start.sft)]
     failed = []
     for method in args.methods:
-        pipeline_args = args.pipeline_args(method)
         try:
-            state = train_stages(pipeline_args)
+            state = train_stages(args.method_pipeline_args(method))
         except StageFailedError as error:  # one broken method must not cost the others' results
             print(f"=== compare {method}: FAILED, skipped ({error})", flush=True)
             failed.append(method)
             continue
-        metrics = cached(method, lambda m=method: _evaluate(run / m, prompts, answers, scorer, args, reference()))
+        metrics = cached(method, lambda m=method: start.evaluate(run / m))
         marker = json.loads((run / method / outputs.COMPLETE_MARKER).read_text())
-        rows.append(_row(method, METHODS[method], metrics, sft, state["stages"].get(method, {}), marker))
+        rows.append(start.row(method, metrics, state["stages"].get(method, {}), marker))
         write_outputs(rows, run)  # after every method: a partial comparison is already readable
     if failed:
         raise StageFailedError(f"Methods {failed} failed (logs: {run}/<method>.log); the others are in "
@@ -188,7 +231,10 @@ def compare_methods(args: CompareArguments) -> list[dict]:
     return rows
 
 
-def _row(name: str, method, metrics: dict, sft: dict, stage: dict, marker: dict) -> dict:
+def comparison_row(name: str, method, metrics: dict, sft: dict, stage: dict, marker: dict) -> dict:
+    """One row of `CSV_COLUMNS`: ``metrics`` of ``name`` (its `open_rlhf.pipeline.METHODS` entry ``method``, None for
+    the SFT start) against the SFT policy's ``sft`` metrics on the same prompts; ``stage`` is the pipeline state's
+    entry (wall time, command), ``marker`` the stage's completion marker (peak memory, steps)."""
     family = "start" if method is None else ("offline" if method.data == "preference" else "online RL")
     accuracy = metrics.get("accuracy")
     pairs = list(zip(sft.get("correct", []), metrics.get("correct", []), strict=True))

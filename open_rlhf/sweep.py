@@ -33,44 +33,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from open_rlhf.atomic import atomic_write_text
+from open_rlhf.compare import FromSFT, FromSFTArguments
 from open_rlhf.errors import ConfigError, StageFailedError, parse_config, user_errors
 
 _GRID_ITEM = re.compile(r"^(?P<method>[A-Za-z0-9_]+)\.(?P<param>[A-Za-z_][A-Za-z0-9_]*)=(?P<values>.+)$")
 
 
 @dataclass
-class SweepArguments:
-    """Options of `scripts/sweep.py` (YAML: ``config/sweep/*.yaml``)."""
+class SweepArguments(FromSFTArguments):
+    """Options of `scripts/sweep.py` (YAML: ``config/sweep/*.yaml``); the shared ones are `FromSFTArguments`'."""
 
+    run_name: str = field(default="sweep", metadata={"help": "Sweep folder: <runs_dir>/<run_name>/."})
     grid: list[str] = field(default_factory=list, metadata={
         "help": "Grid items METHOD.PARAM=V1,V2,... (a stage flag and its values); the grid of a method is the "
                 "product of its items. A method named with no item runs its preset once."})
     methods: list[str] = field(default_factory=list, metadata={"help": "Methods to run with their preset only."})
     seeds: list[int] = field(default_factory=lambda: [0], metadata={"help": "Seeds of every configuration."})
-    run_name: str = field(default="sweep", metadata={"help": "Sweep folder: <runs_dir>/<run_name>/."})
-    runs_dir: str = field(default="runs", metadata={"help": "Folder of all runs."})
-    model_name_or_path: str | None = field(default=None, metadata={"help": "Starting model of the SFT stage."})
-    sft_model_path: str | None = field(default=None, metadata={"help": "A finished SFT policy (default: train one)."})
-    reward_model_path: str | None = field(
-        default=None, metadata={"help": "A finished reward model (default: train one)."})
-    preference_dataset: str = field(default="builtin", metadata={"help": "Pairs of the offline methods and RM."})
-    rl_dataset: str = field(default="builtin", metadata={"help": "Prompts (with gold answers) of RL methods."})
-    sft_dataset: str = field(default="builtin", metadata={"help": "SFT data (when the SFT stage is trained)."})
-    method_args: str = field(default="", metadata={"help": "Extra flags of every point's stage (before the grid's)."})
-    sft_args: str = field(default="", metadata={"help": "Extra flags of the SFT stage (when it is trained)."})
-    reward_args: str = field(default="", metadata={"help": "Extra flags of the reward stage (when it is trained)."})
-    curve_every: int = field(default=0, metadata={"help": "Learning curve of every point every K steps (0: off)."})
-    eval_prompts: int = field(default=256, metadata={"help": "Held-out prompts of the evaluation."})
-    eval_max_new_tokens: int = field(default=96, metadata={"help": "Generation length of the evaluation."})
-    eval_batch_size: int = field(default=16, metadata={"help": "Prompts per generation batch."})
-    split_seed: int = field(default=42, metadata={"help": "Seed of every train/eval split."})
 
     def __post_init__(self):
         self.points()  # a bad grid fails before anything runs
-
-    @property
-    def run_dir(self) -> Path:
-        return Path(self.runs_dir) / self.run_name
 
     def points(self) -> list[dict]:
         """The sweep's points in run order: ``{"name", "method", "seed", "params": {flag: value}}``.
@@ -124,12 +105,8 @@ def run_sweep(args: SweepArguments) -> list[dict]:
     Returns:
         `list[dict]`: one row per point (``sweep.csv``'s rows), in run order.
     """
-    import functools
-
-    from open_rlhf import evaluation, models, outputs
-    from open_rlhf.compare import _evaluate, _row
-    from open_rlhf.pipeline import METHODS, PipelineArguments, train_stages
-    from open_rlhf.rewards import RewardModelScorer
+    from open_rlhf import outputs
+    from open_rlhf.pipeline import train_stages
 
     run = args.run_dir
     # Results are only comparable under one evaluation: a sweep folder keeps its settings
@@ -142,24 +119,7 @@ def run_sweep(args: SweepArguments) -> list[dict]:
                           "--run_name, or the same evaluation settings.")
     run.mkdir(parents=True, exist_ok=True)
     atomic_write_text(meta_path, json.dumps(meta))
-    shared = PipelineArguments(run_name=args.run_name, runs_dir=args.runs_dir, method="ppo",
-                               model_name_or_path=args.model_name_or_path, sft_model_path=args.sft_model_path,
-                               reward_model_path=args.reward_model_path, sft_dataset=args.sft_dataset,
-                               preference_dataset=args.preference_dataset, rl_dataset=args.rl_dataset,
-                               sft_args=args.sft_args, reward_args=args.reward_args, evaluate=False,
-                               split_seed=args.split_seed, gate=False)
-    train_stages(shared, only={"sft", "reward"})
-    sft_path, reward_path = shared.sft_path, shared.reward_path
-    prompts, answers = evaluation.held_out_prompts(args.rl_dataset, args.eval_prompts, args.split_seed)
-    scorer = RewardModelScorer.from_pretrained(str(reward_path))
-    reference = functools.cache(lambda: models.load_causal_lm(str(sft_path)))
-
-    sft_file = run / "sft_eval.json"
-    if sft_file.is_file():
-        sft = json.loads(sft_file.read_text())
-    else:
-        sft = _evaluate(Path(sft_path), prompts, answers, scorer, args)
-        atomic_write_text(sft_file, json.dumps(sft))
+    start = FromSFT(args, sft_cache=run / "sft_eval.json")
     rows = []
     for point in args.points():
         folder = run / point["name"]
@@ -170,11 +130,9 @@ def run_sweep(args: SweepArguments) -> list[dict]:
             print(f"=== sweep {point['name']}: already done ({result_file}), skipped", flush=True)
             rows.append(json.loads(result_file.read_text()))
             continue
-        pipeline_args = PipelineArguments(
-            run_name=point["name"], runs_dir=str(run), method=point["method"], sft_model_path=str(sft_path),
-            reward_model_path=str(reward_path), preference_dataset=args.preference_dataset,
-            rl_dataset=args.rl_dataset, method_args=point_flags(point, args.method_args, args.curve_every),
-            evaluate=False, eval_prompts=args.eval_prompts, split_seed=args.split_seed, gate=False)
+        pipeline_args = args.pipeline_args(
+            point["method"], point_flags(point, args.method_args, args.curve_every), run_name=point["name"],
+            runs_dir=str(run), sft_model_path=str(start.sft_path), reward_model_path=str(start.reward_path))
         try:
             state = train_stages(pipeline_args)
         except StageFailedError as error:  # a failed point is a result too; the sweep goes on (and retries it)
@@ -183,12 +141,11 @@ def run_sweep(args: SweepArguments) -> list[dict]:
             write_outputs(rows, run)
             continue
         stage_dir = folder / point["method"]
-        metrics = _evaluate(stage_dir, prompts, answers, scorer, args, reference())
+        metrics = start.evaluate(stage_dir)
         marker = json.loads((stage_dir / outputs.COMPLETE_MARKER).read_text())
         row = {**base, "status": "done", **point["params"],
-               **_row(point["method"], METHODS[point["method"]], metrics, sft,
-                      state["stages"].get(point["method"], {}), marker)}
-        row["sft_accuracy"] = sft["accuracy"]
+               **start.row(point["method"], metrics, state["stages"].get(point["method"], {}), marker)}
+        row["sft_accuracy"] = start.sft["accuracy"]
         atomic_write_text(result_file, json.dumps(row))
         rows.append(row)
         write_outputs(rows, run)
