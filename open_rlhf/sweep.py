@@ -11,7 +11,8 @@ interval and the exact McNemar p-value, reward-model win rate and KL to the SFT 
 Outputs, rewritten atomically after every point (so a partial sweep is readable):
 
 - ``sweep.csv``: one row per point: method, seed, each grid value, the metrics, train time, the stage command;
-- ``sweep.md``: per method and configuration, the mean over seeds, best first.
+- ``sweep.md``: per method and configuration, the mean over seeds, best first;
+- ``learning_curves.png``: with ``--curve_every``, every point's learning curve in one figure.
 
 A point that finished training and evaluation is never redone (its ``result.json``), so a stopped sweep resumes
 where it stopped, and growing the grid only runs the new points. A point whose stage fails is recorded as failed
@@ -34,6 +35,7 @@ from pathlib import Path
 
 from open_rlhf.atomic import atomic_write_text
 from open_rlhf.compare import FromSFT, FromSFTArguments
+from open_rlhf.curves import CURVE_FILE, plot_curves, read_curve
 from open_rlhf.errors import ConfigError, StageFailedError, parse_config, user_errors
 
 _GRID_ITEM = re.compile(r"^(?P<method>[A-Za-z0-9_]+)\.(?P<param>[A-Za-z_][A-Za-z0-9_]*)=(?P<values>.+)$")
@@ -205,6 +207,10 @@ def write_outputs(rows: list[dict], run_dir: Path) -> None:
     writer.writerows(rows)
     atomic_write_text(run_dir / "sweep.csv", buffer.getvalue())
     atomic_write_text(run_dir / "sweep.md", markdown_summary(rows))
+    curves = {r["point"]: read_curve(path) for r in rows if r.get("status") == "done"
+              and (path := run_dir / r["point"] / r["method"] / CURVE_FILE).is_file()}
+    if curves:  # the points trained with --curve_every, one line each
+        plot_curves(curves, run_dir / "learning_curves.png", title="Sweep learning curves from one SFT policy")
 
 
 def sweep_main(argv: list[str] | None = None) -> None:

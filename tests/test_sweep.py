@@ -45,8 +45,8 @@ def test_bad_grids_are_clear_errors(grid, message):
 def test_the_preset_parses(tmp_path):
     (args,) = parse_config(TrlParser((SweepArguments,)), ["--config", str(REPO / "config/sweep/default.yaml")])
     points = args.points()
-    assert len(points) == 8 and args.eval_prompts == 256
-    assert "--loss_type sigmoid sft --loss_weights 1.0 1.0" in point_flags(points[-1])
+    assert [p["method"] for p in points] == ["kto", "grpo", "rloo", "dpo"] and args.eval_prompts == 256
+    assert point_flags(points[-1]) == "--dataset_name runs/pairs/sft-k4.jsonl --seed 0"
 
 
 def test_summary_averages_seeds_and_counts_significant_ones():
@@ -63,7 +63,7 @@ def test_tiny_sweep_end_to_end_resumes_and_guards_its_settings(tmp_path, tiny_mo
     args = SweepArguments(grid=["dpo.learning_rate=1e-3,1e-2"], run_name="sw", runs_dir=str(tmp_path),
                           model_name_or_path=str(tiny_model_dir), sft_args=f"--max_steps 1 {TINY_STAGE}",
                           reward_args=f"--max_steps 1 {TINY_STAGE}", method_args=METHOD_ARGS["dpo"],
-                          eval_prompts=4, eval_max_new_tokens=8, eval_batch_size=4)
+                          eval_prompts=4, eval_max_new_tokens=8, eval_batch_size=4, curve_every=1)
     rows = run_sweep(args)
     assert [r["point"] for r in rows] == ["dpo-learning_rate1e-3-s0", "dpo-learning_rate1e-2-s0"]
     for r in rows:
@@ -73,6 +73,7 @@ def test_tiny_sweep_end_to_end_resumes_and_guards_its_settings(tmp_path, tiny_mo
     with open(tmp_path / "sw" / "sweep.csv") as f:
         assert [r["learning_rate"] for r in csv.DictReader(f)] == ["1e-3", "1e-2"]
     assert "| dpo |" in (tmp_path / "sw" / "sweep.md").read_text()
+    assert (tmp_path / "sw" / "learning_curves.png").stat().st_size > 0  # both points' curves, one figure
 
     capsys.readouterr()
     again = run_sweep(args)
