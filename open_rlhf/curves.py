@@ -21,6 +21,7 @@ In the stage scripts: ``--curve_every K`` (0, the default, is off), ``--curve_pr
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -92,6 +93,23 @@ def plot_curves(curves: dict[str, list[dict]], out: str | Path, title: str = "le
     return atomic_save_figure(fig, out, dpi=110)
 
 
+@contextlib.contextmanager
+def _plain_forward(model):
+    """Run ``model`` without the autocast wrapper `accelerate.Accelerator.prepare_model` puts around its ``forward``
+    under mixed precision (it keeps the plain one as ``model._original_forward``), so a curve point is measured in
+    the weights' own precision, as the final evaluation and the reference policy are: with the wrapper, the KL
+    to the reference at step 0 came out at -0.15 nats (GRPO, bf16 autocast) instead of 0."""
+    patched, original = model.__dict__.get("forward"), getattr(model, "_original_forward", None)
+    if patched is None or original is None:
+        yield
+        return
+    model.forward = original
+    try:
+        yield
+    finally:
+        model.forward = patched
+
+
 class LearningCurveCallback(TrainerCallback):
     """Evaluate the policy on held-out prompts every ``every`` steps (see the module docstring).
 
@@ -126,11 +144,27 @@ class LearningCurveCallback(TrainerCallback):
 
     def evaluate(self, model, step: int) -> dict:
         """One point of the curve: evaluate ``model`` now and append the point to the file and the plot."""
+        start = time.perf_counter()
+        was_training = model.training
+        with _plain_forward(model):
+            point = self._measure(model, step)
+        point["seconds"] = time.perf_counter() - start
+        if was_training:
+            model.train()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a") as f:  # one line per point: an interrupted run loses at most the point in flight
+            f.write(json.dumps(point) + "\n")
+        plot_curves({self.path.parent.name: read_curve(self.path)}, self.path.with_name(CURVE_PLOT),
+                    title=f"learning curve: {self.path.parent}")
+        logger.info("learning curve, step %d: %s", step, ", ".join(
+            f"{k} {v:.4g}" for k, v in point.items() if isinstance(v, float) and k not in ("ci_low", "ci_high")))
+        self._last_step = step
+        return point
+
+    def _measure(self, model, step: int) -> dict:
         from open_rlhf import evaluation
         from open_rlhf.metrics import accuracy_interval
 
-        start = time.perf_counter()
-        was_training = model.training
         metrics = evaluation.evaluate_policy(model, self.tokenizer, self.prompts, self.answers, self.reward_scorer,
                                              self.max_new_tokens, self.batch_size)
         point = {"step": step, "prompts": len(self.prompts), "accuracy": metrics["accuracy"],
@@ -143,17 +177,6 @@ class LearningCurveCallback(TrainerCallback):
                 point["kl"] = evaluation.kl_to_reference(model, self.reference, self.tokenizer,
                                                          self.prompts[: self.kl_prompts], self.max_new_tokens,
                                                          self.batch_size, seed=step)
-        point["seconds"] = time.perf_counter() - start
-        if was_training:
-            model.train()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a") as f:  # one line per point: an interrupted run loses at most the point in flight
-            f.write(json.dumps(point) + "\n")
-        plot_curves({self.path.parent.name: read_curve(self.path)}, self.path.with_name(CURVE_PLOT),
-                    title=f"learning curve: {self.path.parent}")
-        logger.info("learning curve, step %d: %s", step, ", ".join(
-            f"{k} {v:.4g}" for k, v in point.items() if isinstance(v, float) and k not in ("ci_low", "ci_high")))
-        self._last_step = step
         return point
 
     def _maybe(self, state, model, force: bool = False) -> None:
