@@ -45,7 +45,7 @@ def test_bad_grids_are_clear_errors(grid, message):
 def test_the_preset_parses(tmp_path):
     (args,) = parse_config(TrlParser((SweepArguments,)), ["--config", str(REPO / "config/sweep/default.yaml")])
     points = args.points()
-    assert [p["method"] for p in points] == ["kto", "grpo", "rloo", "dpo"] and args.eval_prompts == 256
+    assert [p["method"] for p in points] == ["kto", "grpo", "dpo"] and args.eval_prompts == 256
     assert point_flags(points[-1]) == "--dataset_name runs/pairs/sft-k4.jsonl --seed 0"
 
 
