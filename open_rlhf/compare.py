@@ -36,7 +36,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from open_rlhf import outputs  # noqa: E402
 from open_rlhf.atomic import atomic_write_text  # noqa: E402
-from open_rlhf.curves import CURVE_FILE, plot_curves, read_curve  # noqa: E402
+from open_rlhf.curves import plot_run_curves  # noqa: E402
 from open_rlhf.errors import ConfigError, StageFailedError, parse_config, user_errors  # noqa: E402
 from open_rlhf.metrics import accuracy_interval, mcnemar_test, paired_bootstrap  # noqa: E402
 from open_rlhf.metrics import win_rate as win_rate_with_interval  # noqa: E402
@@ -114,6 +114,17 @@ class CompareArguments(FromSFTArguments):
             f"--curve_every {self.curve_every}" if self.curve_every else ""]))
 
 
+def cached_json(path: Path, compute, label: str) -> dict:
+    """The evaluation saved in ``path`` when there is one (saying that ``label`` is already evaluated), else
+    ``compute()``, saved there atomically first."""
+    if path.is_file():
+        print(f"=== {label}: already evaluated ({path}), reused", flush=True)
+        return json.loads(path.read_text())
+    result = compute()
+    atomic_write_text(path, json.dumps(result, indent=1))
+    return result
+
+
 class FromSFT:
     """The shared start and yardstick of a comparison or a sweep: the SFT policy and reward model (trained once in
     ``args.run_dir`` unless given), the held-out prompts, and the SFT policy's own evaluation (cached in
@@ -138,12 +149,7 @@ class FromSFT:
         self.scorer = RewardModelScorer.from_pretrained(str(self.reward_path))
         # the SFT policy, for KL; loaded once, on first use
         self._reference = functools.cache(lambda: models.load_causal_lm(str(self.sft_path)))
-        if sft_cache.is_file():
-            print(f"=== SFT policy: already evaluated ({sft_cache}), reused", flush=True)
-            self.sft = json.loads(sft_cache.read_text())
-        else:
-            self.sft = self.evaluate(Path(self.sft_path), kl=False)
-            atomic_write_text(sft_cache, json.dumps(self.sft, indent=1))
+        self.sft = cached_json(sft_cache, lambda: self.evaluate(Path(self.sft_path), kl=False), "SFT policy")
 
     def evaluate(self, path: Path, kl: bool = True) -> dict:
         """`open_rlhf.evaluation.evaluate_policy` of the policy in ``path`` on the held-out prompts (greedy), and
@@ -160,13 +166,11 @@ class FromSFT:
                                                               self.args.eval_batch_size)
         return metrics
 
-    def row(self, name: str, metrics: dict, stage: dict | None = None, marker: dict | None = None,
-            method: str | None = None) -> dict:
-        """One comparison row (`CSV_COLUMNS`) named ``name`` of the method ``method`` (default: ``name``;
-        ``"sft"`` for the start) against the SFT policy: accuracy with its Wilson interval, paired-bootstrap
-        difference, McNemar p, fixed / broke, win rate (`comparison_row`)."""
-        method = method or name
-        return comparison_row(name, None if method == "sft" else METHODS[method], metrics, self.sft, stage or {},
+    def row(self, method: str, metrics: dict, stage: dict | None = None, marker: dict | None = None) -> dict:
+        """One comparison row (`CSV_COLUMNS`) of ``method`` (``"sft"`` for the start) against the SFT policy:
+        accuracy with its Wilson interval, paired-bootstrap difference, McNemar p, fixed / broke, win rate
+        (`comparison_row`)."""
+        return comparison_row(method, None if method == "sft" else METHODS[method], metrics, self.sft, stage or {},
                               marker or {})
 
 
@@ -202,15 +206,6 @@ def compare_methods(args: CompareArguments) -> list[dict]:
     out = run / "compare"
     start = FromSFT(args, sft_cache=out / "sft.json")
 
-    def cached(name: str, compute) -> dict:
-        path = out / f"{name}.json"
-        if path.is_file():
-            print(f"=== compare {name}: already evaluated ({path}), skipped", flush=True)
-            return json.loads(path.read_text())
-        result = compute()
-        atomic_write_text(path, json.dumps(result, indent=1))
-        return result
-
     rows = [start.row("sft", start.sft)]
     failed = []
     for method in args.methods:
@@ -220,7 +215,7 @@ def compare_methods(args: CompareArguments) -> list[dict]:
             print(f"=== compare {method}: FAILED, skipped ({error})", flush=True)
             failed.append(method)
             continue
-        metrics = cached(method, lambda m=method: start.evaluate(run / m))
+        metrics = cached_json(out / f"{method}.json", lambda m=method: start.evaluate(run / m), f"compare {method}")
         marker = json.loads((run / method / outputs.COMPLETE_MARKER).read_text())
         rows.append(start.row(method, metrics, state["stages"].get(method, {}), marker))
         write_outputs(rows, run)  # after every method: a partial comparison is already readable
@@ -324,10 +319,9 @@ def write_outputs(rows: list[dict], run_dir: Path) -> None:
     tmp = run_dir / ".method_comparison.tmp.png"
     plot_comparison(rows, tmp)
     tmp.replace(run_dir / "method_comparison.png")
-    curves = {r["method"]: read_curve(run_dir / r["method"] / CURVE_FILE) for r in rows
-              if (run_dir / r["method"] / CURVE_FILE).is_file()}
-    if curves:  # the methods trained with --curve_every, one line each
-        plot_curves(curves, run_dir / "learning_curves.png", title="Learning curves from one SFT policy")
+    # the methods trained with --curve_every, one line each
+    plot_run_curves({r["method"]: run_dir / r["method"] for r in rows}, run_dir / "learning_curves.png",
+                    title="Learning curves from one SFT policy")
 
 
 def make_parser():

@@ -93,6 +93,16 @@ def plot_curves(curves: dict[str, list[dict]], out: str | Path, title: str = "le
     return atomic_save_figure(fig, out, dpi=110)
 
 
+def plot_run_curves(stage_dirs: dict[str, Path], out: str | Path, title: str) -> Path | None:
+    """`plot_curves` of those runs of ``stage_dirs`` (name -> stage output folder) that wrote a curve file.
+
+    Returns:
+        The PNG written, or None when no run has a curve (nothing is written).
+    """
+    curves = {name: read_curve(d / CURVE_FILE) for name, d in stage_dirs.items() if (d / CURVE_FILE).is_file()}
+    return plot_curves(curves, out, title=title) if curves else None
+
+
 @contextlib.contextmanager
 def _plain_forward(model):
     """Run ``model`` without the autocast wrapper `accelerate.Accelerator.prepare_model` puts around its ``forward``

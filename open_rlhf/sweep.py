@@ -35,7 +35,7 @@ from pathlib import Path
 
 from open_rlhf.atomic import atomic_write_text
 from open_rlhf.compare import FromSFT, FromSFTArguments
-from open_rlhf.curves import CURVE_FILE, plot_curves, read_curve
+from open_rlhf.curves import plot_run_curves
 from open_rlhf.errors import ConfigError, StageFailedError, parse_config, user_errors
 
 _GRID_ITEM = re.compile(r"^(?P<method>[A-Za-z0-9_]+)\.(?P<param>[A-Za-z_][A-Za-z0-9_]*)=(?P<values>.+)$")
@@ -207,10 +207,9 @@ def write_outputs(rows: list[dict], run_dir: Path) -> None:
     writer.writerows(rows)
     atomic_write_text(run_dir / "sweep.csv", buffer.getvalue())
     atomic_write_text(run_dir / "sweep.md", markdown_summary(rows))
-    curves = {r["point"]: read_curve(path) for r in rows if r.get("status") == "done"
-              and (path := run_dir / r["point"] / r["method"] / CURVE_FILE).is_file()}
-    if curves:  # the points trained with --curve_every, one line each
-        plot_curves(curves, run_dir / "learning_curves.png", title="Sweep learning curves from one SFT policy")
+    # the points trained with --curve_every, one line each
+    plot_run_curves({r["point"]: run_dir / r["point"] / r["method"] for r in rows if r.get("status") == "done"},
+                    run_dir / "learning_curves.png", title="Sweep learning curves from one SFT policy")
 
 
 def sweep_main(argv: list[str] | None = None) -> None:
