@@ -149,7 +149,13 @@ class FromSFT:
         self.scorer = RewardModelScorer.from_pretrained(str(self.reward_path))
         # the SFT policy, for KL; loaded once, on first use
         self._reference = functools.cache(lambda: models.load_causal_lm(str(self.sft_path)))
-        self.sft = cached_json(sft_cache, lambda: self.evaluate(Path(self.sft_path), kl=False), "SFT policy")
+        self._sft_cache = sft_cache
+
+    @functools.cached_property
+    def sft(self) -> dict:
+        """The SFT policy's evaluation (`evaluate` without KL), computed on first use and cached in ``sft_cache``
+        (a sweep of reward models alone never needs it)."""
+        return cached_json(self._sft_cache, lambda: self.evaluate(Path(self.sft_path), kl=False), "SFT policy")
 
     def evaluate(self, path: Path, kl: bool = True) -> dict:
         """`open_rlhf.evaluation.evaluate_policy` of the policy in ``path`` on the held-out prompts (greedy), and

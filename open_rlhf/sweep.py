@@ -8,6 +8,10 @@ with one reward model (trained once in ``<runs_dir>/<run_name>/`` unless ``--sft
 same held-out prompts with its 95% Wilson interval, the paired difference to the SFT policy with a 95% bootstrap
 interval and the exact McNemar p-value, reward-model win rate and KL to the SFT policy.
 
+``reward`` is a point family too (``--grid reward.learning_rate=3e-5,1e-4``): such a point trains a reward model from
+the SFT policy on ``--preference_dataset`` with ``--eval_pairs`` pairs held out, and is scored by its held-out pair
+accuracy (share of pairs with r(chosen) > r(rejected), 95% Wilson interval) and mean margin.
+
 Outputs, rewritten atomically after every point (so a partial sweep is readable):
 
 - ``sweep.csv``: one row per point: method, seed, each grid value, the metrics, train time, the stage command;
@@ -38,6 +42,9 @@ from open_rlhf.compare import FromSFT, FromSFTArguments
 from open_rlhf.curves import plot_run_curves
 from open_rlhf.errors import ConfigError, StageFailedError, parse_config, user_errors
 
+REWARD = "reward"  # the point family of reward models (scored by held-out pair accuracy, not by a policy's)
+# settings added after the first sweeps, with the value those sweeps had
+_META_DEFAULTS = {"preference_dataset": "builtin", "eval_pairs": 256}
 _GRID_ITEM = re.compile(r"^(?P<method>[A-Za-z0-9_]+)\.(?P<param>[A-Za-z_][A-Za-z0-9_]*)=(?P<values>.+)$")
 
 
@@ -51,6 +58,8 @@ class SweepArguments(FromSFTArguments):
                 "product of its items. A method named with no item runs its preset once."})
     methods: list[str] = field(default_factory=list, metadata={"help": "Methods to run with their preset only."})
     seeds: list[int] = field(default_factory=lambda: [0], metadata={"help": "Seeds of every configuration."})
+    eval_pairs: int = field(default=256, metadata={
+        "help": "Held-out preference pairs of the reward-model points (their pair accuracy)."})
 
     def __post_init__(self):
         self.points()  # a bad grid fails before anything runs
@@ -73,9 +82,10 @@ class SweepArguments(FromSFTArguments):
             if not values:
                 raise ConfigError(f"--grid {item!r}: no values after '='.")
             grids.setdefault(match["method"], {})[match["param"]] = values
-        unknown = [m for m in grids if m not in METHODS]
+        unknown = [m for m in grids if m not in METHODS and m != REWARD]
         if unknown:
-            raise ConfigError(f"--grid / --methods: unknown method {unknown}; choose from {', '.join(METHODS)}.")
+            raise ConfigError(f"--grid / --methods: unknown method {unknown}; choose from {', '.join(METHODS)} or "
+                              f"{REWARD} (a reward model).")
         if not grids:
             raise ConfigError("A sweep needs --grid items or --methods (e.g. --grid dpo.beta=0.1,0.5).")
         if not self.seeds:
@@ -113,9 +123,10 @@ def run_sweep(args: SweepArguments) -> list[dict]:
     run = args.run_dir
     # Results are only comparable under one evaluation: a sweep folder keeps its settings
     meta = {k: getattr(args, k) for k in ("rl_dataset", "eval_prompts", "eval_max_new_tokens", "split_seed",
-                                          "sft_model_path", "reward_model_path", "model_name_or_path")}
+                                          "sft_model_path", "reward_model_path", "model_name_or_path",
+                                          *_META_DEFAULTS)}
     meta_path = run / "sweep.json"
-    if meta_path.is_file() and json.loads(meta_path.read_text()) != meta:
+    if meta_path.is_file() and {**_META_DEFAULTS, **json.loads(meta_path.read_text())} != meta:
         raise ConfigError(f"{run} holds a sweep evaluated with other settings ({meta_path}: "
                           f"{meta_path.read_text().strip()}); its results would be mixed with these. Fix: pass a new "
                           "--run_name, or the same evaluation settings.")
@@ -132,27 +143,57 @@ def run_sweep(args: SweepArguments) -> list[dict]:
             print(f"=== sweep {point['name']}: already done ({result_file}), skipped", flush=True)
             rows.append(json.loads(result_file.read_text()))
             continue
-        pipeline_args = args.pipeline_args(
-            point["method"], point_flags(point, args.method_args, args.curve_every), run_name=point["name"],
-            runs_dir=str(run), sft_model_path=str(start.sft_path), reward_model_path=str(start.reward_path))
+        if point["method"] == REWARD:  # a reward model from the SFT policy, with its own held-out pairs
+            pipeline_args = args.pipeline_args(
+                "ppo", run_name=point["name"], runs_dir=str(run), sft_model_path=str(start.sft_path),
+                reward_model_path=None, reward_args=point_flags(point, args.reward_args), eval_pairs=args.eval_pairs)
+        else:
+            pipeline_args = args.pipeline_args(
+                point["method"], point_flags(point, args.method_args, args.curve_every), run_name=point["name"],
+                runs_dir=str(run), sft_model_path=str(start.sft_path), reward_model_path=str(start.reward_path))
         try:
-            state = train_stages(pipeline_args)
+            state = train_stages(pipeline_args, only={REWARD} if point["method"] == REWARD else None)
         except StageFailedError as error:  # a failed point is a result too; the sweep goes on (and retries it)
             print(f"=== sweep {point['name']}: FAILED ({error})", flush=True)
             rows.append({**base, "status": "failed", "error": str(error).splitlines()[0]})
             write_outputs(rows, run)
             continue
         stage_dir = folder / point["method"]
-        metrics = start.evaluate(stage_dir)
         marker = json.loads((stage_dir / outputs.COMPLETE_MARKER).read_text())
-        row = {**base, "status": "done", **point["params"],
-               **start.row(point["method"], metrics, state["stages"].get(point["method"], {}), marker)}
-        row["sft_accuracy"] = start.sft["accuracy"]
+        stage = state["stages"].get(point["method"], {})
+        if point["method"] == REWARD:
+            row = {**base, "status": "done", **point["params"],
+                   **reward_point_row(stage_dir, args.preference_dataset, args.eval_pairs, args.split_seed, stage,
+                                      marker)}
+        else:
+            row = {**base, "status": "done", **point["params"],
+                   **start.row(point["method"], start.evaluate(stage_dir), stage, marker)}
+            row["sft_accuracy"] = start.sft["accuracy"]
         atomic_write_text(result_file, json.dumps(row))
         rows.append(row)
         write_outputs(rows, run)
     write_outputs(rows, run)
     return rows
+
+
+def reward_point_row(stage_dir: Path, preference_dataset: str, eval_pairs: int, split_seed: int, stage: dict,
+                     marker: dict) -> dict:
+    """The result of a reward-model point: held-out pair accuracy of the model in ``stage_dir`` on the
+    ``eval_pairs`` pairs its stage held out (`open_rlhf.data.load_splits` of ``preference_dataset``, same
+    ``split_seed``), with its 95% Wilson interval (`open_rlhf.metrics.wilson_interval`) and the mean margin
+    r(chosen) - r(rejected) (reward units)."""
+    from open_rlhf import data, evaluation
+    from open_rlhf.metrics import wilson_interval
+    from open_rlhf.rewards import RewardModelScorer
+
+    _, pairs = data.load_splits(preference_dataset, "preference", eval_size=eval_pairs, seed=split_seed)
+    result = evaluation.reward_model_accuracy(RewardModelScorer.from_pretrained(str(stage_dir)), pairs)
+    wins = sum(m > 0 for m in result["margins"])
+    low, high = wilson_interval(wins, len(result["margins"]))
+    return {"family": "reward model", "accuracy": result["accuracy"], "accuracy_ci_low": low,
+            "accuracy_ci_high": high, "mean_margin": result["mean_margin"], "eval_pairs": len(result["margins"]),
+            "train_seconds": stage.get("wall_seconds"), "peak_rss_mb": marker.get("peak_rss_mb"),
+            "global_step": marker.get("global_step"), "command": stage.get("command", "(finished earlier)")}
 
 
 def summarize(rows: list[dict]) -> list[dict]:
@@ -161,7 +202,9 @@ def summarize(rows: list[dict]) -> list[dict]:
     Returns:
         `list[dict]` with ``method``, ``params``, ``seeds``, ``accuracy``, ``accuracy_delta_vs_sft`` (means),
         ``min_delta`` / ``max_delta`` over seeds, ``significant_seeds`` (seeds with McNemar p < 0.05 and a
-        positive difference), ``kl_vs_sft`` (mean).
+        positive difference), ``kl_vs_sft`` (mean). A reward-model configuration's ``accuracy`` is its held-out
+        pair accuracy, with ``ci_low`` (the lowest 95% bound over seeds) and ``mean_margin`` instead of the
+        comparison with the SFT policy.
     """
     groups: dict[tuple[str, str], list[dict]] = {}
     for r in rows:
@@ -169,27 +212,39 @@ def summarize(rows: list[dict]) -> list[dict]:
             groups.setdefault((r["method"], r["params"]), []).append(r)
     out = []
     for (method, params), rs in groups.items():
+        summary = {"method": method, "params": params, "seeds": len(rs),
+                   "accuracy": statistics.fmean(r["accuracy"] for r in rs)}
+        if method == REWARD:
+            summary.update(ci_low=min(r["accuracy_ci_low"] for r in rs),
+                           mean_margin=statistics.fmean(r["mean_margin"] for r in rs))
+            out.append(summary)
+            continue
         deltas = [r["accuracy_delta_vs_sft"] for r in rs]
         kls = [r["kl_vs_sft"] for r in rs if r.get("kl_vs_sft") is not None]
-        out.append({"method": method, "params": params, "seeds": len(rs),
-                    "accuracy": statistics.fmean(r["accuracy"] for r in rs),
-                    "accuracy_delta_vs_sft": statistics.fmean(deltas), "min_delta": min(deltas),
-                    "max_delta": max(deltas),
-                    "significant_seeds": sum(r["p_vs_sft"] < 0.05 and r["accuracy_delta_vs_sft"] > 0 for r in rs),
-                    "kl_vs_sft": statistics.fmean(kls) if kls else None})
+        summary.update(accuracy_delta_vs_sft=statistics.fmean(deltas), min_delta=min(deltas), max_delta=max(deltas),
+                       significant_seeds=sum(r["p_vs_sft"] < 0.05 and r["accuracy_delta_vs_sft"] > 0 for r in rs),
+                       kl_vs_sft=statistics.fmean(kls) if kls else None)
+        out.append(summary)
     out.sort(key=lambda s: (s["method"], -s["accuracy"]))
     return out
 
 
 def markdown_summary(rows: list[dict]) -> str:
-    """``sweep.md``: the per-configuration summary and the failed points."""
+    """``sweep.md``: the per-configuration summary (policies, then reward models) and the failed points."""
+    summaries = summarize(rows)
     lines = ["| method | configuration | seeds | accuracy (mean) | vs SFT (mean; min, max) | seeds significantly "
              "above SFT | KL to SFT |", "|---|---|---:|---:|---:|---:|---:|"]
-    for s in summarize(rows):
+    for s in (s for s in summaries if s["method"] != REWARD):
         kl = "n/a" if s["kl_vs_sft"] is None else f"{s['kl_vs_sft']:.3f}"
         lines.append(f"| {s['method']} | `{s['params']}` | {s['seeds']} | {s['accuracy']:.3f} | "
                      f"{s['accuracy_delta_vs_sft']:+.3f} ({s['min_delta']:+.3f}, {s['max_delta']:+.3f}) | "
                      f"{s['significant_seeds']} | {kl} |")
+    reward = [s for s in summaries if s["method"] == REWARD]
+    if reward:
+        lines += ["", "| reward model | seeds | held-out pair accuracy (mean) | lowest 95% bound | mean margin |",
+                  "|---|---:|---:|---:|---:|"]
+        lines += [f"| `{s['params']}` | {s['seeds']} | {s['accuracy']:.3f} | {s['ci_low']:.3f} | "
+                  f"{s['mean_margin']:+.3f} |" for s in reward]
     failed = [r for r in rows if r.get("status") == "failed"]
     if failed:
         lines += ["", "Failed points: " + ", ".join(f"`{r['point']}` ({r['error']})" for r in failed)]
@@ -208,7 +263,8 @@ def write_outputs(rows: list[dict], run_dir: Path) -> None:
     atomic_write_text(run_dir / "sweep.csv", buffer.getvalue())
     atomic_write_text(run_dir / "sweep.md", markdown_summary(rows))
     # the points trained with --curve_every, one line each
-    plot_run_curves({r["point"]: run_dir / r["point"] / r["method"] for r in rows if r.get("status") == "done"},
+    plot_run_curves({r["point"]: run_dir / r["point"] / r["method"] for r in rows
+                     if r.get("status") == "done" and r["method"] != REWARD},
                     run_dir / "learning_curves.png", title="Sweep learning curves from one SFT policy")
 
 

@@ -10,7 +10,7 @@ import pytest
 from trl import TrlParser
 
 from open_rlhf.errors import ConfigError, parse_config
-from open_rlhf.sweep import SweepArguments, point_flags, run_sweep, summarize
+from open_rlhf.sweep import SweepArguments, markdown_summary, point_flags, run_sweep, summarize
 from tests.test_pipeline import METHOD_ARGS, TINY_STAGE
 
 REPO = Path(__file__).resolve().parents[1]
@@ -58,27 +58,50 @@ def test_summary_averages_seeds_and_counts_significant_ones():
     assert (s["min_delta"], s["max_delta"], s["significant_seeds"]) == (-0.1, 0.1, 1)
 
 
+def test_reward_models_are_a_point_family_with_their_own_summary():
+    points = SweepArguments(grid=["reward.learning_rate=3e-5,1e-4"], seeds=[0, 1]).points()
+    assert [(p["method"], p["params"]["learning_rate"], p["seed"]) for p in points] == [
+        ("reward", "3e-5", 0), ("reward", "3e-5", 1), ("reward", "1e-4", 0), ("reward", "1e-4", 1)]
+    rows = [{"status": "done", "method": "reward", "params": '{"learning_rate": "3e-5"}', "accuracy": a,
+             "accuracy_ci_low": lo, "mean_margin": m} for a, lo, m in ((0.8, 0.75, 1.0), (0.7, 0.64, 0.5))]
+    rows.append({"status": "done", "method": "dpo", "params": "{}", "accuracy": 0.5, "accuracy_delta_vs_sft": 0.1,
+                 "p_vs_sft": 0.01, "kl_vs_sft": 0.5})
+    summary = {s["method"]: s for s in summarize(rows)}
+    assert summary["reward"]["accuracy"] == pytest.approx(0.75) and summary["reward"]["ci_low"] == 0.64
+    assert summary["reward"]["mean_margin"] == pytest.approx(0.75) and "accuracy_delta_vs_sft" not in summary["reward"]
+    md = markdown_summary(rows)
+    assert "| dpo | `{}` | 1 | 0.500 | +0.100" in md
+    assert '| `{"learning_rate": "3e-5"}` | 2 | 0.750 | 0.640 | +0.750 |' in md
+
+
 @pytest.mark.slow  # trains an SFT policy, a reward model and two DPO points (~1 min); make test-slow
 def test_tiny_sweep_end_to_end_resumes_and_guards_its_settings(tmp_path, tiny_model_dir, capsys):
-    args = SweepArguments(grid=["dpo.learning_rate=1e-3,1e-2"], run_name="sw", runs_dir=str(tmp_path),
+    args = SweepArguments(grid=["dpo.learning_rate=1e-3,1e-2", "reward.learning_rate=1e-3"], eval_pairs=6,
+                          run_name="sw", runs_dir=str(tmp_path),
                           model_name_or_path=str(tiny_model_dir), sft_args=f"--max_steps 1 {TINY_STAGE}",
                           reward_args=f"--max_steps 1 {TINY_STAGE}", method_args=METHOD_ARGS["dpo"],
                           eval_prompts=4, eval_max_new_tokens=8, eval_batch_size=4, curve_every=1)
     rows = run_sweep(args)
-    assert [r["point"] for r in rows] == ["dpo-learning_rate1e-3-s0", "dpo-learning_rate1e-2-s0"]
+    assert [r["point"] for r in rows][:2] == ["dpo-learning_rate1e-3-s0", "dpo-learning_rate1e-2-s0"]
+    reward = rows.pop()  # a reward model from the SFT policy, scored on the pairs its stage held out
+    assert reward["method"] == "reward" and reward["eval_pairs"] == 6 and "--eval_size 6" in reward["command"]
+    assert reward["accuracy_ci_low"] <= reward["accuracy"] <= reward["accuracy_ci_high"]
+    assert f"--model_name_or_path {tmp_path / 'sw' / 'sft'} " in reward["command"]  # the shared SFT policy
     for r in rows:
         assert r["status"] == "done" and 0 <= r["accuracy"] <= 1 and 0 < r["p_vs_sft"] <= 1
         assert r["delta_ci_low"] <= r["accuracy_delta_vs_sft"] <= r["delta_ci_high"]
         assert "--learning_rate " + r["learning_rate"] in r["command"] and "--seed 0" in r["command"]
     with open(tmp_path / "sw" / "sweep.csv") as f:
-        assert [r["learning_rate"] for r in csv.DictReader(f)] == ["1e-3", "1e-2"]
-    assert "| dpo |" in (tmp_path / "sw" / "sweep.md").read_text()
+        assert [(r["method"], r["learning_rate"]) for r in csv.DictReader(f)] == [
+            ("dpo", "1e-3"), ("dpo", "1e-2"), ("reward", "1e-3")]
+    md = (tmp_path / "sw" / "sweep.md").read_text()
+    assert "| dpo |" in md and '| `{"learning_rate": "1e-3"}` | 1 |' in md  # the reward models' own table
     assert (tmp_path / "sw" / "learning_curves.png").stat().st_size > 0  # both points' curves, one figure
 
     capsys.readouterr()
     again = run_sweep(args)
-    assert capsys.readouterr().out.count("already done") == 2
-    assert [r["accuracy"] for r in again] == [r["accuracy"] for r in rows]
+    assert capsys.readouterr().out.count("already done") == 3
+    assert [r["accuracy"] for r in again[:2]] == [r["accuracy"] for r in rows]
     assert json.loads((tmp_path / "sw" / "sweep.json").read_text())["eval_prompts"] == 4
     args.eval_prompts = 8
     with pytest.raises(ConfigError, match="other settings"):
