@@ -176,19 +176,20 @@ def test_simpo_trainer_peft_policy_keeps_no_reference_adapter(tmp_path, tiny_mod
     assert trainer.ref_model is None and list(trainer.model.peft_config) == ["default"]
 
 
-def test_simpo_trainer_loss_matches_trl_cpo_trainer(tmp_path, tiny_model_dir, tokenizer):
+@pytest.mark.parametrize("cpo_alpha", [0.0, 0.5])
+def test_simpo_trainer_loss_matches_trl_cpo_trainer(tmp_path, tiny_model_dir, tokenizer, cpo_alpha):
     """Differential, whole loss: on one collated batch, SimPOTrainer's loss (fused log-prob head) equals TRL's
-    experimental CPOTrainer's (loss_type="simpo", cpo_alpha=0; full logits) fed the same tokens and labels."""
+    experimental CPOTrainer's (loss_type="simpo", full logits) fed the same tokens and labels: plain SimPO
+    (cpo_alpha 0) and CPO-SimPO (the chosen tokens' NLL added with weight cpo_alpha)."""
     _, CPOTrainer = cpo_or_skip()
     from open_rlhf.trainers.experimental import cpo_config_class
 
     model = load_tiny(tiny_model_dir)
-    common = dict(beta=2.5, simpo_gamma=0.7, label_smoothing=0.1, **TRAINER_ARGS)
+    common = dict(beta=2.5, simpo_gamma=0.7, label_smoothing=0.1, cpo_alpha=cpo_alpha, **TRAINER_ARGS)
     ours = SimPOTrainer(model=model, args=SimPOConfig(output_dir=str(tmp_path / "simpo"), **common),
                         train_dataset=preference_pairs(), processing_class=tokenizer)
     cpo = CPOTrainer(model=model, processing_class=tokenizer, train_dataset=preference_pairs(),
-                     args=cpo_config_class()(output_dir=str(tmp_path / "cpo"), loss_type="simpo", cpo_alpha=0.0,
-                                             **common))
+                     args=cpo_config_class()(output_dir=str(tmp_path / "cpo"), loss_type="simpo", **common))
     batch = ours.data_collator([ours.train_dataset[i] for i in range(4)])  # rows: 4 chosen, then 4 rejected
     labels = batch["input_ids"].masked_fill(batch["completion_mask"] == 0, -100)
     cpo_batch = {}
@@ -203,6 +204,9 @@ def test_simpo_trainer_loss_matches_trl_cpo_trainer(tmp_path, tiny_model_dir, to
     torch.testing.assert_close(our_loss, cpo_loss, rtol=1e-5, atol=1e-5)
     for key in ("logps/chosen", "logps/rejected", "rewards/margins"):
         assert ours._metrics["eval"][key][0] == pytest.approx(cpo_metrics[key], abs=1e-5), key
+    if cpo_alpha:  # the NLL term is really in the loss (not a zero that happens to match)
+        nll = ours._metrics["eval"]["nll_loss"][0]
+        assert nll > 0.1 and nll == pytest.approx(cpo_metrics["nll_loss"], abs=1e-5)
 
 
 def test_simpo_trainer_use_liger_kernel_keeps_the_simpo_loss(tmp_path, tiny_model_dir, tokenizer):

@@ -15,6 +15,9 @@ What one step actually does (Meng et al. 2024, https://huggingface.co/papers/240
 3. **Loss** with a target reward margin ``gamma`` (`SimPOConfig.simpo_gamma`):
    ``-log sigmoid(r(x, y_w) - r(x, y_l) - gamma)``, averaged over the B pairs; with ``label_smoothing`` eps,
    ``-(1 - eps) log sigmoid(z) - eps log sigmoid(-z)`` (the conservative form of the authors' code and of CPO).
+4. Optionally (``cpo_alpha`` > 0) plus ``cpo_alpha`` times the NLL of the chosen completions, the mean over all
+   their tokens (nats/token): CPO-SimPO (the SimPO authors' CPO combination; TRL's CPO with ``loss_type="simpo"``
+   and ``cpo_alpha``). It keeps the chosen answer's likelihood up where the pairs share most of their tokens.
 
 Our ``gamma`` is the paper's: a margin in reward units, subtracted *after* scaling by beta. TRL's CPO uses the
 same convention (``simpo_gamma``, divided by beta inside); the authors' code instead takes
@@ -111,6 +114,11 @@ class SimPOConfig(DPOConfig):
         metadata={"help": "SimPO target reward margin gamma, in reward units (not gamma/beta). Default 1.0 = 0.5 * "
                           "beta, the authors' recommended starting point; they grid-search gamma/beta in [0, 1]."},
     )
+    cpo_alpha: float = field(
+        default=0.0,
+        metadata={"help": "Weight of the NLL of the chosen completions (nats/token) added to the loss: CPO-SimPO "
+                          "(TRL CPO's cpo_alpha with loss_type simpo). 0 (the default) is plain SimPO."},
+    )
 
     def __post_init__(self):
         super().__post_init__()
@@ -118,6 +126,8 @@ class SimPOConfig(DPOConfig):
             raise ValueError(f"SimPOConfig.beta={self.beta} must be > 0 (the paper uses 2.0 to 10).")
         if not 0.0 <= self.label_smoothing < 0.5:
             raise ValueError(f"SimPOConfig.label_smoothing={self.label_smoothing} must be in [0, 0.5).")
+        if self.cpo_alpha < 0:
+            raise ValueError(f"SimPOConfig.cpo_alpha={self.cpo_alpha} must be >= 0 (0 is plain SimPO).")
         if self.loss_type != ["sigmoid"]:
             raise ValueError(f"SimPOConfig.loss_type={self.loss_type}: SimPO has one loss (simpo_loss); remove "
                              "loss_type, or train with DPOConfig/DPOTrainer for the other losses.")
@@ -185,7 +195,7 @@ class SimPOTrainer(DPOTrainer):
         if not isinstance(args, SimPOConfig):
             raise TypeError(f"SimPOTrainer: args must be a SimPOConfig (it holds simpo_gamma), got "
                             f"{type(args).__name__}.")
-        self.simpo_gamma = args.simpo_gamma
+        self.simpo_gamma, self.cpo_alpha = args.simpo_gamma, args.cpo_alpha
         with _reference_model_not_loaded(self):
             super().__init__(model=model, ref_model=None, args=args, data_collator=data_collator,
                              train_dataset=train_dataset, eval_dataset=eval_dataset,
@@ -221,13 +231,18 @@ class SimPOTrainer(DPOTrainer):
         losses, chosen_rewards, rejected_rewards = simpo_loss(
             chosen_logps, rejected_logps, self.beta, self.simpo_gamma, self.label_smoothing)
         loss = losses.mean()
+        chosen_mask = mask.chunk(2, dim=0)[0]
+        if self.cpo_alpha:  # CPO-SimPO: the chosen tokens' NLL, a mean over all of them (as TRL's CPO)
+            nll = -per_token_logps.chunk(2, dim=0)[0].float().sum() / chosen_mask.sum().clamp(min=1)
+            loss = loss + self.cpo_alpha * nll
+            self._metrics[mode]["nll_loss"].append(self.accelerator.gather_for_metrics(nll.detach()).mean().item())
         if self.aux_loss_enabled:
             loss = loss + self.router_aux_loss_coef * outputs.aux_loss
             self._metrics[mode]["aux_loss"].append(self.accelerator.gather_for_metrics(outputs.aux_loss).mean().item())
 
         # Metrics, in DPOTrainer's names; token-level ones are pooled over all processes' tokens
         metrics = self._metrics[mode]
-        chosen_mask, rejected_mask = mask.chunk(2, dim=0)
+        rejected_mask = mask.chunk(2, dim=0)[1]
         metrics["entropy"].append(self._masked_mean(outputs.entropy[:, -seq_len:], mask))
         if mode == "train":
             num_tokens = self.accelerator.gather_for_metrics(inputs["attention_mask"].sum()).sum().item()
