@@ -11,6 +11,10 @@ being trained on a fixed set of held-out prompts:
 - ``kl``: Monte-Carlo KL(policy || reference) in nats per sequence on ``kl_prompts`` of the prompts, from responses
   sampled at temperature 1 (`open_rlhf.evaluation.kl_to_reference`; when a reference policy is given).
 
+The plot also shows an RL stage's own training reward (the mean reward of each step's rollouts, from the
+trainer's log ``metrics.jsonl``: TRL's ``reward``, our PPO's ``objective/scores``), raw and as a moving mean, so a
+reward that rises while held-out accuracy falls (reward hacking) or that stays flat (no learning signal) is seen.
+
 Each point is one JSON line appended to ``<output_dir>/learning_curve.jsonl`` (a resumed run appends to the same
 file; the plot keeps the last point of each step), and ``learning_curve.png`` is redrawn after every point, so a
 user can watch a run and see whether it is still improving when its budget ends.
@@ -35,6 +39,8 @@ logger = logging.getLogger(__name__)
 
 CURVE_FILE = "learning_curve.jsonl"
 CURVE_PLOT = "learning_curve.png"
+# the per-step rollout reward in an RL trainer's log: TRL's GRPO/RLOO, then our PPO
+TRAINING_REWARD_KEYS = ("reward", "objective/scores")
 
 
 def read_curve(path: str | Path) -> list[dict]:
@@ -56,12 +62,32 @@ def read_curve(path: str | Path) -> list[dict]:
     return [by_step[s] for s in sorted(by_step)]
 
 
-def plot_curves(curves: dict[str, list[dict]], out: str | Path, title: str = "learning curves") -> Path:
-    """One figure, a panel per metric (accuracy with its 95% band, reward-model score, KL), a line per run.
+def training_reward(output_dir: str | Path) -> list[tuple[int, float]]:
+    """``(step, mean rollout reward)`` of each logging step of an RL stage, from its ``metrics.jsonl``
+    (`open_rlhf.progress.read_metrics`; the first of `TRAINING_REWARD_KEYS` it logs); [] for other stages."""
+    from open_rlhf.progress import read_metrics
+
+    records = read_metrics(output_dir)
+    key = next((k for k in TRAINING_REWARD_KEYS if any(k in r for r in records)), None)
+    return [(int(r["step"]), float(r[key])) for r in records if key in r and "step" in r]
+
+
+def moving_mean(values: Sequence[float], window: int) -> list[float]:
+    """Trailing moving mean: element i is the mean of ``values[max(0, i - window + 1): i + 1]``."""
+    return [sum(values[max(0, i - window + 1): i + 1]) / len(values[max(0, i - window + 1): i + 1])
+            for i in range(len(values))]
+
+
+def plot_curves(curves: dict[str, list[dict]], out: str | Path, title: str = "learning curves",
+                rewards: dict[str, list[tuple[int, float]]] | None = None, smooth: int = 5) -> Path:
+    """One figure, a panel per metric (accuracy with its 95% band, reward-model score, KL, and the RL training
+    reward), a line per run.
 
     Args:
         curves: run name -> its points (`read_curve`).
         out: the PNG to write (atomically).
+        rewards: run name -> its training reward per step (`training_reward`), drawn raw (faint) and as a trailing
+            moving mean over ``smooth`` logged steps.
     """
     import matplotlib
 
@@ -70,10 +96,21 @@ def plot_curves(curves: dict[str, list[dict]], out: str | Path, title: str = "le
 
     from open_rlhf.atomic import atomic_save_figure
 
+    rewards = {name: r for name, r in (rewards or {}).items() if r}
     metrics = [m for m in ("accuracy", "reward_score", "kl")
                if any(p.get(m) is not None for points in curves.values() for p in points)]
-    fig, axes = plt.subplots(1, max(1, len(metrics)), figsize=(4.2 * max(1, len(metrics)), 3.4), squeeze=False)
+    panels = metrics + (["training_reward"] if rewards else [])
+    fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(4.2 * max(1, len(panels)), 3.4), squeeze=False)
     labels = {"accuracy": "held-out accuracy", "reward_score": "reward-model score", "kl": "KL to reference (nats)"}
+    if rewards:
+        ax = axes[0][len(metrics)]
+        for name, points in rewards.items():
+            steps, values = [s for s, _ in points], [v for _, v in points]
+            line, = ax.plot(steps, moving_mean(values, smooth), label=name)
+            ax.plot(steps, values, color=line.get_color(), alpha=0.25, linewidth=0.8)
+        ax.set_xlabel("training step")
+        ax.set_ylabel(f"training reward (mean of {smooth} steps)")
+        ax.grid(alpha=0.3)
     for ax, metric in zip(axes[0], metrics, strict=False):
         for name, points in curves.items():
             pts = [p for p in points if p.get(metric) is not None]
@@ -100,7 +137,8 @@ def plot_run_curves(stage_dirs: dict[str, Path], out: str | Path, title: str) ->
         The PNG written, or None when no run has a curve (nothing is written).
     """
     curves = {name: read_curve(d / CURVE_FILE) for name, d in stage_dirs.items() if (d / CURVE_FILE).is_file()}
-    return plot_curves(curves, out, title=title) if curves else None
+    rewards = {name: training_reward(stage_dirs[name]) for name in curves}
+    return plot_curves(curves, out, title=title, rewards=rewards) if curves else None
 
 
 @contextlib.contextmanager
@@ -164,8 +202,9 @@ class LearningCurveCallback(TrainerCallback):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("a") as f:  # one line per point: an interrupted run loses at most the point in flight
             f.write(json.dumps(point) + "\n")
-        plot_curves({self.path.parent.name: read_curve(self.path)}, self.path.with_name(CURVE_PLOT),
-                    title=f"learning curve: {self.path.parent}")
+        name = self.path.parent.name
+        plot_curves({name: read_curve(self.path)}, self.path.with_name(CURVE_PLOT),
+                    title=f"learning curve: {self.path.parent}", rewards={name: training_reward(self.path.parent)})
         logger.info("learning curve, step %d: %s", step, ", ".join(
             f"{k} {v:.4g}" for k, v in point.items() if isinstance(v, float) and k not in ("ci_low", "ci_high")))
         self._last_step = step

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
-from open_rlhf.curves import CURVE_FILE, CURVE_PLOT, plot_curves, read_curve
+from open_rlhf.curves import CURVE_FILE, CURVE_PLOT, moving_mean, plot_curves, read_curve, training_reward
 from open_rlhf.errors import ConfigError
 from tests.test_scripts import COMMON, run
 
@@ -28,6 +29,28 @@ def test_plot_has_one_panel_per_metric_present(tmp_path):
                              {"step": 5, "accuracy": 0.4, "ci_low": 0.3, "ci_high": 0.5, "kl": 0.2}]},
                       tmp_path / "c.png")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _png_width(path) -> int:
+    return int.from_bytes(Path(path).read_bytes()[16:20], "big")  # IHDR width
+
+
+def test_training_reward_is_read_from_the_trainers_log_and_drawn_smoothed(tmp_path):
+    assert moving_mean([1.0, 0.0, 2.0, 4.0], 2) == [1.0, 0.5, 1.0, 3.0]
+    grpo, ppo, dpo = (tmp_path / n for n in ("grpo", "ppo", "dpo"))
+    for folder, records in ((grpo, [{"step": 1, "reward": 0.25}, {"step": 2, "loss": 1.0}, {"step": 3, "reward": 0.5}]),
+                            (ppo, [{"step": 1, "objective/scores": -1.5}]),
+                            (dpo, [{"step": 5, "rewards/margins": 0.3}])):
+        folder.mkdir()
+        (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert training_reward(grpo) == [(1, 0.25), (3, 0.5)]
+    assert training_reward(ppo) == [(1, -1.5)]
+    assert training_reward(dpo) == [] and training_reward(tmp_path / "none") == []
+    curve = {"grpo": [{"step": 0, "accuracy": 0.2, "kl": 0.0}, {"step": 3, "accuracy": 0.3, "kl": 0.1}]}
+    without = plot_curves(curve, tmp_path / "a.png")
+    with_reward = plot_curves(curve, tmp_path / "b.png", rewards={"grpo": training_reward(grpo)})
+    assert _png_width(with_reward) > 1.4 * _png_width(without)  # a third panel beside accuracy and KL
+    assert _png_width(plot_curves(curve, tmp_path / "c.png", rewards={"dpo": []})) == _png_width(without)
 
 
 def _check_curve(out, steps):
