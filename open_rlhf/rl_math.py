@@ -1,5 +1,6 @@
 """The pure math of RL for language models: masking, KL estimators, per-token rewards, GAE, REINFORCE++
-advantages, the clipped PPO losses and the KL controllers. Tensors in, tensors out; no model, no trainer.
+advantages, the clipped PPO losses, the KL controllers and TRPO's natural-gradient step (Fisher-vector products,
+conjugate gradient, the KL-bounded line search). Tensors in, tensors out; no model, no trainer.
 
 Kept apart from the training loop (`open_rlhf.trainers.ppo`) as OpenRLHF keeps its ``ppo_utils``, so that the
 evaluation and other trainers use the same masking and estimators, and every function is tested against
@@ -288,3 +289,140 @@ class FixedKLController:
 
     def update(self, current_kl: float, n_steps: int) -> None:
         pass
+
+
+# ---------------------------------------------------------------------------------------------------------
+# TRPO: natural gradient by conjugate gradient, KL-bounded backtracking line search (Schulman et al. 2015)
+# ---------------------------------------------------------------------------------------------------------
+
+def flat_grad(output: torch.Tensor, params, create_graph: bool = False, retain_graph: bool | None = None,
+              ) -> torch.Tensor:
+    """Gradient of the scalar ``output`` with respect to ``params`` (a sequence of tensors), flattened into one
+    vector of shape `(P,)` (P = total number of elements); a parameter ``output`` does not depend on gets zeros."""
+    params = list(params)
+    grads = torch.autograd.grad(output, params, create_graph=create_graph, retain_graph=retain_graph,
+                                allow_unused=True)
+    return torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1) for p, g in zip(params, grads, strict=True)])
+
+
+def fisher_vector_product(kl: torch.Tensor, params, damping: float = 0.1):
+    """``v -> (F + damping * I) v``, with F the Hessian of the mean KL(pi_old || pi_theta) at theta = theta_old.
+
+    At theta_old the KL's Hessian is the Fisher information matrix of the policy, so F v is the double-backward
+    product ``d/dtheta (dKL/dtheta . v)`` and F is never formed (P x P would not fit for an LM; with LoRA, P is the
+    adapter's parameters). dKL/dtheta is taken once, with its graph kept, so the product can be called once per
+    conjugate-gradient iteration.
+
+    Args:
+        kl (`torch.Tensor`, scalar): the mean KL between the rollout policy (detached) and the current one, built
+            with a graph to ``params``.
+        params: the trained parameters (P elements in all).
+        damping (`float`): Tikhonov damping added to F (keeps conjugate gradient stable where F is near singular).
+
+    Returns:
+        ``product(v: (P,)) -> (P,)``.
+
+    Source: Schulman et al. 2015, "Trust Region Policy Optimization", https://arxiv.org/abs/1502.05477, Appendix C
+    (the Fisher-vector product via the KL's Hessian); damping as in OpenAI baselines' TRPO (``cg_damping``).
+    """
+    params = list(params)
+    grad = flat_grad(kl, params, create_graph=True)
+
+    def product(vector: torch.Tensor) -> torch.Tensor:
+        return flat_grad((grad * vector.detach()).sum(), params, retain_graph=True) + damping * vector
+
+    return product
+
+
+def conjugate_gradient(matrix_vector_product, b: torch.Tensor, iterations: int = 10,
+                       residual_tol: float = 1e-10) -> torch.Tensor:
+    """Approximately solve ``A x = b`` for a symmetric positive-definite A given only ``v -> A v``.
+
+    Args:
+        matrix_vector_product: ``f(v: (P,)) -> (P,)``, e.g. `fisher_vector_product` of the policy's KL.
+        b (`torch.Tensor` of shape `(P,)`): the right-hand side (TRPO: the policy gradient g).
+        iterations (`int`): at most this many iterations (P of them solve a P x P system exactly in exact
+            arithmetic; TRPO uses 10).
+        residual_tol (`float`): stop once the squared residual norm ``r . r`` is below it.
+
+    Returns:
+        `torch.Tensor` of shape `(P,)`: x, starting from 0.
+
+    Source: Hestenes & Stiefel 1952; as used by Schulman et al. 2015, Appendix C (10 iterations).
+    """
+    x = torch.zeros_like(b)
+    r = b.clone()  # residual b - A x with x = 0
+    d = b.clone()
+    rr = r @ r
+    for _ in range(iterations):
+        if rr < residual_tol:
+            break
+        ad = matrix_vector_product(d)
+        alpha = rr / (d @ ad)
+        x = x + alpha * d
+        r = r - alpha * ad
+        rr_new = r @ r
+        d = r + (rr_new / rr) * d
+        rr = rr_new
+    return x
+
+
+def trust_region_step(direction: torch.Tensor, fisher_direction: torch.Tensor, max_kl: float) -> torch.Tensor:
+    """Scale the natural-gradient direction s = F^-1 g to the trust region's edge: ``beta * s`` with
+    ``beta = sqrt(2 * max_kl / (s . F s))``, the largest step whose quadratic KL model ``0.5 * (beta s) F (beta s)``
+    equals ``max_kl``.
+
+    Args:
+        direction (`torch.Tensor` of shape `(P,)`): s (from `conjugate_gradient`).
+        fisher_direction (`torch.Tensor` of shape `(P,)`): F s.
+        max_kl (`float`): delta, the KL bound in nats (> 0).
+
+    Returns:
+        `torch.Tensor` of shape `(P,)`: the full step.
+
+    Raises:
+        ValueError: when ``max_kl <= 0`` or ``s . F s <= 0`` (F is not positive definite along s: raise the damping).
+
+    Source: Schulman et al. 2015, Appendix C ("beta = sqrt(2 delta / s^T A s)").
+    """
+    if max_kl <= 0:
+        raise ValueError(f"trust_region_step: max_kl={max_kl} must be > 0 (a KL bound in nats, e.g. 0.01).")
+    shs = direction @ fisher_direction
+    if shs <= 0:
+        raise ValueError(f"trust_region_step: s . F s = {shs.item():.3g} <= 0: the Fisher-vector product is not "
+                         "positive definite along the step; raise the damping.")
+    return torch.sqrt(2 * max_kl / shs) * direction
+
+
+def backtracking_line_search(evaluate, full_step: torch.Tensor, expected_improvement: float, max_kl: float,
+                             max_backtracks: int = 10, backtrack_ratio: float = 0.5,
+                             accept_ratio: float = 0.1) -> tuple[torch.Tensor | None, dict]:
+    """TRPO's line search: the largest ``backtrack_ratio**k * full_step`` (k = 0, 1, ...) whose exact KL is within
+    ``max_kl`` and whose surrogate improvement is positive and at least ``accept_ratio`` times the linear model's.
+
+    Args:
+        evaluate: ``f(step: (P,)) -> (improvement, kl)``: the surrogate objective's improvement L(theta + step) -
+            L(theta) (the higher the better) and the mean KL(pi_theta || pi_theta+step) in nats, both floats,
+            measured exactly (the parameters are moved, evaluated and moved back by the caller).
+        full_step (`torch.Tensor` of shape `(P,)`): from `trust_region_step`.
+        expected_improvement (`float`): g . full_step, the first-order improvement of the full step (> 0).
+        max_kl (`float`): delta, nats.
+
+    Returns:
+        `(step, info)`: the accepted step, or None when no fraction passes (the update is skipped: the policy is
+        left where it is); ``info`` has ``fraction`` (0.0 when rejected), ``improvement``, ``kl`` and ``backtracks``
+        (of the accepted or the last tried step).
+
+    Source: Schulman et al. 2015, Sec. 6 and Appendix C ("we use a line search ... the KL constraint is enforced
+    and the surrogate improves"); constants as OpenAI baselines' TRPO (10 halvings, accept ratio 0.1).
+    """
+    info = {"fraction": 0.0, "improvement": 0.0, "kl": 0.0, "backtracks": 0}
+    for k in range(max_backtracks):
+        fraction = backtrack_ratio**k
+        improvement, kl = evaluate(fraction * full_step)
+        info.update(improvement=float(improvement), kl=float(kl), backtracks=k)
+        expected = expected_improvement * fraction
+        if kl <= max_kl and improvement > 0 and improvement >= accept_ratio * expected:
+            info["fraction"] = fraction
+            return fraction * full_step, info
+    return None, info
