@@ -20,6 +20,12 @@ Reward spec grammar (`build_reward_functions`): comma-separated terms, each ``[W
                       score minus LAMBDA (default 0) times their standard deviation (`RewardModelEnsemble`)
     prm:PATH[@AGG]    a process reward model saved by `train_prm.py`: its step scores (P(correct) per line)
                       aggregated by AGG = min (default) | prod | last (`open_rlhf.inference.prm.ProcessRewardModel`)
+    repetition        -(1 - distinct / total word 4-grams) of the completion, in [-1, 0] (`open_rlhf.guards`)
+    copy_prompt       -(share of the completion's word 4-grams found in the prompt), in [-1, 0] (`open_rlhf.guards`)
+    length_blowup[:FACTOR]   -clip((r - FACTOR) / FACTOR, 0, 1), r = length / the batch's median length in
+                      characters, FACTOR > 1 (default 4) (`open_rlhf.guards`)
+    principles:PATH   the weighted sum of a principles YAML file's rule and reward-model checks
+                      (`open_rlhf.guards.principles_reward`; e.g. config/principles/default.yaml)
 
 e.g. ``"math"``, ``"accuracy,0.2*format"``, ``"model:runs/default/reward"``,
 ``"1.0*math,0.1*format,0.5*length:400"``. The result, a `RewardSpec`, is itself a reward function (the
@@ -425,7 +431,7 @@ class RewardSpec:
 
 
 _SPEC_HELP = ("Valid names: accuracy, math, format, length[:TARGET_CHARS], model:PATH, ensemble:P1|P2[@LAMBDA], "
-              "prm:PATH[@min|prod|last]; each term is "
+              "prm:PATH[@min|prod|last], repetition, copy_prompt, length_blowup[:FACTOR], principles:PATH; each term is "
               "[WEIGHT*]NAME[:ARGUMENT], terms separated by commas. Example: '1.0*math,0.1*format,0.5*length:400'.")
 
 
@@ -481,6 +487,20 @@ def _build_term(name: str, argument: str | None, where: str) -> tuple[RewardFunc
             raise ModelNotFoundError(f"{where}: PRM folder {path.strip()!r} does not exist. Train one with "
                                      "scripts/train_prm.py (it writes e.g. runs/default/prm) or fix the path.")
         return LazyProcessRewardModel(path.strip(), how), ()
+    if name in ("repetition", "copy_prompt", "length_blowup"):
+        from open_rlhf.guards import detector_penalty
+
+        try:
+            return detector_penalty(name if argument is None else f"{name}:{argument}"), ()
+        except ValueError as error:
+            raise RewardSpecError(f"{where}: {error} {_SPEC_HELP}") from None
+    if name == "principles":
+        from open_rlhf.guards import principles_reward
+
+        if not argument:
+            raise RewardSpecError(f"{where}: 'principles' needs a principles YAML file, as in "
+                                  f"'principles:config/principles/default.yaml'. {_SPEC_HELP}")
+        return principles_reward(argument, model_reward=lambda path, at: _build_term("model", path, at)[0]), ()
     raise RewardSpecError(f"{where}: unknown reward name {name!r}. {_SPEC_HELP}")
 
 
@@ -547,6 +567,7 @@ def build_reward_functions(spec: str) -> RewardSpec:
         RewardSpecError (a `ValueError`): on an empty spec or term, a weight that is not a finite number, an unknown name, a missing or
             malformed argument; the message names the term, the valid names and an example.
         ModelNotFoundError (a `FileNotFoundError`): when a ``model:PATH`` directory does not exist.
+        ConfigError (a `ValueError`): for a bad ``principles:PATH`` file (`open_rlhf.guards.load_principles`).
     """
     funcs, weights, names, base_names, columns = [], [], [], [], []
     for term in parse_reward_spec(spec):
