@@ -61,6 +61,8 @@ METHODS: dict[str, Method] = {
                            "Hu et al. 2025 (REINFORCE++)"),
     "grpo": Method("train_grpo.py", "config/grpo/default.yaml", "prompt", VERIFIABLE_REWARD, True,
                    "Shao et al. 2024 (DeepSeekMath)"),
+    "gdpo": Method("train_grpo.py", "config/grpo/gdpo.yaml", "prompt", VERIFIABLE_REWARD, True,
+                   "GDPO 2026 (Group reward-Decoupled normalization, arXiv 2601.05242)"),
     "rloo": Method("train_rloo.py", "config/rloo/default.yaml", "prompt", VERIFIABLE_REWARD, True,
                    "Ahmadian et al. 2024 (Back to Basics)"),
     "dpo": Method("train_dpo.py", "config/dpo/default.yaml", "preference", None, True, "Rafailov et al. 2023"),

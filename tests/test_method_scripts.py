@@ -56,6 +56,24 @@ def test_online_method_trains(tmp_path, tiny_model_dir, script):
     assert rewards and all(math.isfinite(r) and r <= 0 for r in rewards)  # a length penalty is never positive
 
 
+def test_gdpo_preset_trains_with_each_reward_term_normalised_in_its_group(tmp_path, tiny_model_dir):
+    """--method gdpo is GRPO with TRL's per-term group normalisation (multi_objective_aggregation)."""
+    import yaml
+
+    from tests.test_scripts import REPO
+
+    preset = yaml.safe_load((REPO / "config/grpo/gdpo.yaml").read_text())  # the preset parses: test_scripts.py
+    assert preset["multi_objective_aggregation"] == "normalize_then_sum"
+    out = tmp_path / "out"
+    run("grpo", ["--model_name_or_path", str(tiny_model_dir), "--output_dir", str(out), "--max_steps", "2",
+                 *ONLINE[:-4], "--reward", "length:5,0.5*length:3", "--multi_objective_aggregation",
+                 "normalize_then_sum", "--temperature", "1.0"])
+    assert_trained(out, tiny_model_dir)
+    logged = [h for h in history(out) if "reward" in h]
+    assert logged and all(math.isfinite(h["reward"]) for h in logged)
+    assert any(k.startswith("rewards/") for k in logged[0])  # each term logged on its own
+
+
 def test_reinforce_pp_script_trains_without_a_value_model(tmp_path, tiny_model_dir):
     out = tmp_path / "out"
     run("ppo", ["--model_name_or_path", str(tiny_model_dir), "--output_dir", str(out), "--max_steps", "2",
