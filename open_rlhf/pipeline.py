@@ -59,6 +59,8 @@ METHODS: dict[str, Method] = {
                    "Lambert et al. 2024 (Tulu 3, RLVR): PPO with a verifiable reward"),
     "reinforce_pp": Method("train_ppo.py", "config/ppo/reinforce_pp.yaml", "prompt", VERIFIABLE_REWARD, True,
                            "Hu et al. 2025 (REINFORCE++)"),
+    "trpo": Method("train_ppo.py", "config/ppo/trpo.yaml", "prompt", VERIFIABLE_REWARD, True,
+                   "Schulman et al. 2015 (TRPO): natural-gradient step in a KL trust region"),
     "grpo": Method("train_grpo.py", "config/grpo/default.yaml", "prompt", VERIFIABLE_REWARD, True,
                    "Shao et al. 2024 (DeepSeekMath)"),
     "gdpo": Method("train_grpo.py", "config/grpo/gdpo.yaml", "prompt", VERIFIABLE_REWARD, True,

@@ -85,6 +85,16 @@ def test_reinforce_pp_script_trains_without_a_value_model(tmp_path, tiny_model_d
     assert changed(weights(tiny_model_dir), weights(out))
 
 
+def test_trpo_script_takes_natural_gradient_steps(tmp_path, tiny_model_dir):
+    out = tmp_path / "out"
+    run("ppo", ["--model_name_or_path", str(tiny_model_dir), "--output_dir", str(out), "--max_steps", "2",
+                "--policy_update", "trpo", "--trpo_max_kl", "0.05", "--reward", "length:5", "--response_length", "8",
+                "--gradient_accumulation_steps", "1", *COMMON])
+    state = history(out)
+    assert len(state) == 2 and all(h["policy/trpo_kl"] <= 0.05 + 1e-6 for h in state)
+    assert all(math.isfinite(h["loss/value"]) for h in state)
+
+
 def test_reward_spec_needing_answers_is_checked_against_the_data(tmp_path, tiny_model_dir):
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("\n".join(json.dumps({"prompt": f"Say {i}."}) for i in range(16)) + "\n")

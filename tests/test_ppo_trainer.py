@@ -314,3 +314,29 @@ def test_reinforce_pp_uses_gamma(tmp_path, tokenizer):
     data = trainer.rollout(trainer.train_dataset[:4])
     torch.testing.assert_close(data.advantages, reinforce_pp_advantages(data.rewards, data.mask, gamma=0.5))
     assert not torch.allclose(data.advantages, reinforce_pp_advantages(data.rewards, data.mask, gamma=1.0))
+
+
+def test_trpo_steps_stay_in_the_trust_region_and_learn(tmp_path, tokenizer):
+    """--policy_update trpo on the tiny task: every accepted step's KL(pi_old || pi_new) on the rollout is within
+    trpo_max_kl, the surrogate improves where a step is taken, the mean score rises, the value model trains."""
+    policy, ref, value = make_models(tokenizer)
+    start = {n: p.detach().clone() for n, p in value.named_parameters()}
+    args = make_args(tmp_path, max_steps=8, save_strategy="no", response_length=6, per_device_train_batch_size=8,
+                     num_mini_batches=1, policy_update="trpo", trpo_max_kl=0.05)
+    history = PPOTrainer(args, tokenizer, policy, ref, target_reward, value, prompts(64)).train()
+    taken = [h for h in history if h["policy/trpo_step_fraction"] > 0]
+    assert len(taken) >= 6, [h["policy/trpo_step_fraction"] for h in history]
+    for h in taken:
+        assert 0 < h["policy/trpo_kl"] <= 0.05 + 1e-6 and h["policy/trpo_improvement"] > 0
+    scores = [h["objective/scores"] for h in history]
+    assert sum(scores[-3:]) / 3 > sum(scores[:3]) / 3 + 0.1, scores
+    assert any(not torch.equal(start[n], p) for n, p in value.named_parameters()) and "loss/value" in history[-1]
+
+
+def test_trpo_options_are_checked(tmp_path):
+    from open_rlhf.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="policy_update"):
+        make_args(tmp_path, policy_update="sgd")
+    with pytest.raises(ConfigError, match="trpo_max_kl > 0"):
+        make_args(tmp_path, policy_update="trpo", trpo_max_kl=0.0)

@@ -74,13 +74,20 @@ from open_rlhf.models import stop_token_ids
 from open_rlhf.rl_math import (
     AdaptiveKLController,
     FixedKLController,
+    backtracking_line_search,
     compute_gae,
     compute_rewards,
+    conjugate_gradient,
+    fisher_vector_product,
+    flat_grad,
+    masked_mean,
     masked_whiten,
+    per_token_kl,
     ppo_policy_loss,
     ppo_value_loss,
     reinforce_pp_advantages,
     response_mask_after_eos,
+    trust_region_step,
 )
 
 logger = logging.getLogger(__name__)
@@ -88,6 +95,7 @@ logger = logging.getLogger(__name__)
 INVALID_LOGPROB = 1.0  # fill value for masked positions; never read by a loss (all losses are masked)
 TRAINER_STATE_NAME = "trainer_state.json"
 ADVANTAGE_ESTIMATORS = ("gae", "reinforce_pp")
+POLICY_UPDATES = ("ppo", "trpo")
 ROLLOUT_SAMPLING = ("per_prompt", "global")
 # The TrainingArguments fields PPOTrainer reads (besides its own PPOConfig fields). Also the bookkeeping fields
 # transformers' own Trainer ignores (do_train, ...) and those that only matter to the launcher or logging.
@@ -183,6 +191,17 @@ class PPOConfig(HardwareDefaultsMixin, TrainingArguments):
     num_sample_generations: int = field(
         default=2, metadata={"help": "Sample generations printed in the log per update (0 = none)."}
     )
+    policy_update: str = field(
+        default="ppo",
+        metadata={"help": "'ppo': clipped-surrogate AdamW steps; 'trpo': one natural-gradient step per rollout "
+                          "(conjugate gradient on Fisher-vector products, a line search enforcing trpo_max_kl; "
+                          "Schulman et al. 2015). The value model is trained the same way in both."},
+    )
+    trpo_max_kl: float = field(default=0.01, metadata={
+        "help": "TRPO's trust region delta: the largest mean per-token KL(pi_old || pi_new) of an update, nats."})
+    trpo_cg_iterations: int = field(default=10, metadata={"help": "TRPO: conjugate-gradient iterations."})
+    trpo_damping: float = field(default=0.1, metadata={"help": "TRPO: damping added to the Fisher matrix."})
+    trpo_max_backtracks: int = field(default=10, metadata={"help": "TRPO: line-search halvings before giving up."})
     rollout_sampling: str = field(
         default="per_prompt",
         metadata={"help": "'per_prompt': each prompt's response is sampled with its own generator seeded by (seed, "
@@ -198,6 +217,13 @@ class PPOConfig(HardwareDefaultsMixin, TrainingArguments):
         if self.advantage_estimator not in ADVANTAGE_ESTIMATORS:
             raise ConfigError(f"--advantage_estimator must be one of {ADVANTAGE_ESTIMATORS}, got "
                               f"{self.advantage_estimator!r}.")
+        if self.policy_update not in POLICY_UPDATES:
+            raise ConfigError(f"--policy_update must be one of {POLICY_UPDATES}, got {self.policy_update!r}.")
+        if self.policy_update == "trpo" and (self.trpo_max_kl <= 0 or self.trpo_cg_iterations < 1
+                                             or self.trpo_damping < 0 or self.trpo_max_backtracks < 1):
+            raise ConfigError(f"TRPO needs --trpo_max_kl > 0 (got {self.trpo_max_kl}), --trpo_cg_iterations >= 1 "
+                              f"(got {self.trpo_cg_iterations}), --trpo_damping >= 0 (got {self.trpo_damping}) and "
+                              f"--trpo_max_backtracks >= 1 (got {self.trpo_max_backtracks}).")
         if self.kl_estimator not in ("k1", "k3"):
             raise ConfigError(f"--kl_estimator must be 'k1' or 'k3', got {self.kl_estimator!r}.")
         for name in ("num_mini_batches", "num_ppo_epochs", "response_length", "local_rollout_forward_batch_size"):
@@ -481,6 +507,9 @@ class PPOTrainer:
 
         # Schedule: one update = one rollout batch of every process.
         world = self.accelerator.num_processes
+        if args.policy_update == "trpo" and world > 1:
+            raise ConfigError(f"--policy_update trpo runs on one process (its natural-gradient step is not "
+                              f"distributed); this run has {world}. Fix: launch one process, or use ppo.")
         self.batch_size = args.rollout_batch_size * world
         if len(train_dataset) < self.batch_size:
             raise ConfigError(
@@ -717,6 +746,8 @@ class PPOTrainer:
         micro-batches).
         """
         args = self.args
+        if args.policy_update == "trpo":
+            return self._trpo_update(data)
         self.wrapper.train()
         sums: dict[str, tuple[list, list]] = defaultdict(lambda: ([], []))
         n = data.query_responses.shape[0]
@@ -759,6 +790,102 @@ class PPOTrainer:
                 self.optimizer.step()
                 self.lr_scheduler.step()
         return self._global_means({k: (torch.stack(v), torch.stack(w)) for k, (v, w) in sums.items()})
+
+    def _trpo_update(self, data: Rollout) -> dict[str, float]:
+        """TRPO's update of one rollout: the value model as in PPO (AdamW on the clipped value loss), then one
+        natural-gradient step of the policy.
+
+        1. Surrogate ``L(theta) = mean_t rho_t A_t`` (rho_t = pi_theta / pi_old of the rollout token) and its
+           gradient g at theta_old, over every valid token of the rollout at once (no minibatches).
+        2. F, the Fisher matrix, as the Hessian at theta_old of ``mean_t 0.5 * (log pi_theta - log pi_old)^2`` over
+           the sampled tokens (its expectation is the Fisher information; `fisher_vector_product`), damped.
+        3. s = F^-1 g by `conjugate_gradient`; the full step scaled to ``trpo_max_kl`` (`trust_region_step`).
+        4. `backtracking_line_search`: the largest halving of the step whose mean per-token KL(pi_old || pi_new)
+           (k3 estimator on the rollout tokens) is within ``trpo_max_kl`` and whose surrogate improves; none
+           passing, the policy is left as it was.
+
+        The policy's log-probs are computed in fp32 without the fused log-prob kernel, and attention in PyTorch's
+        math backend (the fused kernels have no double backward). One process only;
+        the full-batch double backward holds the graph of the whole rollout, so with a full model it needs a small
+        batch: it is practical with LoRA (only the adapter's parameters are in theta) or small models.
+
+        Source: Schulman et al. 2015, https://arxiv.org/abs/1502.05477, Sec. 6 and Appendix C.
+        """
+        args = self.args
+        stats: dict[str, float] = {}
+        if self.use_value_model:
+            stats |= self._value_updates(data)
+        policy = self.policy
+        policy.train()
+        params = [p for p in policy.parameters() if p.requires_grad]
+        mask = data.mask
+        old = data.logprobs
+
+        def logprobs() -> torch.Tensor:
+            out = policy(input_ids=data.query_responses, attention_mask=data.attention_mask,
+                         position_ids=_position_ids(data.attention_mask), use_cache=False)
+            logits = out.logits[:, data.context_length - 1: -1].float() / args.temperature
+            tokens = data.query_responses[:, data.context_length:]
+            return torch.log_softmax(logits, -1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+
+        def surrogate(new: torch.Tensor) -> torch.Tensor:
+            return masked_mean(torch.exp(new - old) * data.advantages, mask)
+
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        with sdpa_kernel(SDPBackend.MATH):  # the fused attention kernels have no double backward
+            new = logprobs()
+        objective = surrogate(new)
+        g = flat_grad(objective, params, retain_graph=True)
+        fvp = fisher_vector_product(masked_mean(0.5 * (new - old) ** 2, mask), params, damping=args.trpo_damping)
+        direction = conjugate_gradient(fvp, g, iterations=args.trpo_cg_iterations)
+        full_step = trust_region_step(direction, fvp(direction).detach(), args.trpo_max_kl)
+        theta = torch.nn.utils.parameters_to_vector(params).detach()
+        start = objective.item()
+        del new, objective, fvp
+
+        @torch.no_grad()
+        def evaluate(step: torch.Tensor) -> tuple[float, float]:
+            torch.nn.utils.vector_to_parameters(theta + step, params)
+            trial = logprobs()
+            return surrogate(trial).item() - start, masked_mean(per_token_kl(old, trial, "k3"), mask).item()
+
+        step, info = backtracking_line_search(evaluate, full_step, (g @ full_step).item(), args.trpo_max_kl,
+                                              max_backtracks=args.trpo_max_backtracks)
+        with torch.no_grad():
+            torch.nn.utils.vector_to_parameters(theta if step is None else theta + step, params)
+        policy.zero_grad(set_to_none=True)
+        return stats | {"loss/policy": -start, "policy/trpo_step_fraction": info["fraction"],
+                        "policy/trpo_kl": info["kl"] if step is not None else 0.0,
+                        "policy/trpo_improvement": info["improvement"] if step is not None else 0.0,
+                        "policy/trpo_backtracks": float(info["backtracks"]),
+                        "policy/trpo_expected_improvement": (g @ full_step).item()}
+
+    def _value_updates(self, data: Rollout) -> dict[str, float]:
+        """TRPO's value-model training: ``num_ppo_epochs`` passes of AdamW on the clipped value loss
+        (`ppo_value_loss`) over minibatches of the rollout; the policy's parameters get no gradient."""
+        args = self.args
+        value_model = self.value_model
+        value_model.train()
+        n = data.query_responses.shape[0]
+        losses, errors = [], []
+        for _ in range(args.num_ppo_epochs):
+            order = torch.randperm(n).tolist()
+            for mb_start in range(0, n, args.mini_batch_size):
+                idx = torch.tensor(order[mb_start:mb_start + args.mini_batch_size], device=data.mask.device)
+                self.optimizer.zero_grad()
+                values = token_values(value_model, data.query_responses[idx], data.attention_mask[idx],
+                                      data.context_length)
+                loss, vf_stats = ppo_value_loss(values, data.values[idx], data.returns[idx], data.mask[idx],
+                                                args.cliprange_value)
+                self.accelerator.backward(args.vf_coef * loss)
+                if args.max_grad_norm and args.max_grad_norm > 0:
+                    self.accelerator.clip_grad_norm_(value_model.parameters(), args.max_grad_norm)
+                self.optimizer.step()
+                self.lr_scheduler.step()
+                losses.append(loss.item())
+                errors.append(vf_stats["error"].item())
+        return {"loss/value": sum(losses) / len(losses), "value/error": sum(errors) / len(errors)}
 
     # -- loop ------------------------------------------------------------------------------------------------
     def _rollout_metrics(self, data: Rollout) -> dict[str, float]:
