@@ -36,7 +36,8 @@ class Method:
     Attributes:
         script: the stage script in ``scripts/``.
         config: its default preset.
-        data: ``"preference"`` (pairs, or unpaired for KTO) or ``"prompt"`` (RL prompts with gold answers).
+        data: ``"preference"`` (pairs, or unpaired for KTO), ``"prompt"`` (RL prompts with gold answers) or ``"sft"``
+            (demonstrations: SPIN).
         reward: default reward spec of an RL method (``"model"`` = the reward model); None for offline methods.
         flags: fixed extra flags of the method (e.g. REINFORCE++'s advantage estimator).
         reference: whether a frozen reference model is held during training.
@@ -68,6 +69,15 @@ METHODS: dict[str, Method] = {
     "rloo": Method("train_rloo.py", "config/rloo/default.yaml", "prompt", VERIFIABLE_REWARD, True,
                    "Ahmadian et al. 2024 (Back to Basics)"),
     "dpo": Method("train_dpo.py", "config/dpo/default.yaml", "preference", None, True, "Rafailov et al. 2023"),
+    # round-based self-improvement (open_rlhf.iterative): every round's data and policy under the method's folder
+    "spin": Method("train_iterative.py", "config/iterative/spin.yaml", "sft", None, True,
+                   "Chen et al. 2024 (SPIN)"),
+    "iterative_dpo": Method("train_iterative.py", "config/iterative/iterative_dpo.yaml", "prompt", VERIFIABLE_REWARD,
+                            True, "Xiong et al. 2024 (iterative RLHF); Yuan et al. 2024 (self-rewarding)"),
+    "rft": Method("train_iterative.py", "config/iterative/rft.yaml", "prompt", VERIFIABLE_REWARD, False,
+                  "Zelikman et al. 2022 (STaR); Gulcehre et al. 2023 (ReST)"),
+    "step_dpo": Method("train_iterative.py", "config/iterative/step_dpo.yaml", "preference", None, True,
+                       "Lai et al. 2024 (Step-DPO)"),
     "ipo": Method("train_dpo.py", "config/dpo/ipo.yaml", "preference", None, True, "Azar et al. 2023"),
     "kto": Method("train_kto.py", "config/kto/default.yaml", "preference", None, True, "Ethayarajh et al. 2024"),
     "orpo": Method("train_orpo.py", "config/orpo/default.yaml", "preference", None, False, "Hong et al. 2024"),
@@ -236,6 +246,10 @@ def stage_plan(args: PipelineArguments, state: dict | None = None) -> list[tuple
         plan.append(("reward", cmd("train_reward.py", args.reward_config, args.preference_dataset, "reward",
                                    args.reward_args, *sft_path, "--eval_size", str(args.eval_pairs))))
     config = args.method_config or method.config
+    if method.data == "sft":  # SPIN: the SFT demonstrations are its data
+        plan.append((args.method, cmd(method.script, config, args.sft_dataset, args.method, args.method_args,
+                                      *sft_path, *method.flags, "--eval_size", str(args.eval_prompts))))
+        return plan
     if method.data == "preference":
         plan.append((args.method, cmd(method.script, config, args.preference_dataset, args.method, args.method_args,
                                       *sft_path, *method.flags, "--eval_size", str(args.eval_pairs))))

@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 from trl import TrlParser
 
 from open_rlhf import compare, pipeline, stages
+from open_rlhf.iterative import IterativeArguments
 from open_rlhf.sweep import SweepArguments
 
 REPO = Path(__file__).resolve().parents[1]
@@ -157,7 +158,8 @@ def test_sft_with_lora(tmp_path, tiny_model_dir):
 
 CONFIG_PARSERS = {**{name: (lambda n=name: stages.make_parser(n)) for name in stages.STAGES},
                   "pipeline": pipeline.make_parser, "compare": compare.make_parser,
-                  "sweep": lambda: TrlParser((SweepArguments,))}
+                  "sweep": lambda: TrlParser((SweepArguments,)),
+                  "iterative": lambda: TrlParser((IterativeArguments,))}
 
 
 def test_every_method_config_has_a_parser():
