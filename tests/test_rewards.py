@@ -297,3 +297,18 @@ def test_train_reward_ensemble_refuses_bad_arguments(capsys):
         with pytest.raises(SystemExit) as exit_info:
             script.main(argv)
         assert exit_info.value.code == EXIT_USER_ERROR and message in capsys.readouterr().err
+
+
+def test_arithmetic_validity_reward_checks_each_equation():
+    from open_rlhf.rewards import arithmetic_validity_reward
+
+    completions = [
+        "Ben buys 9 packs of 14: 9 * 14 = 126 shells.\nWith 18: 126 + 18 = 144.\nHe gives 11: 144 - 11 = 133.\n#### 133",
+        "Max buys 8 bags of 14: 8 * 14 = 116 marbles.\nHe gives 6: 116 - 6 = 110.\n#### 110",  # one slip of two
+        [{"role": "assistant", "content": "36 / 6 = 6 each, 1,000 x 3 = 3,000, 10 / 4 = 2.5 and 10 / 3 = 3.33"}],
+        "#### 5",  # no equation
+        "7 / 0 = 1 and 2 + 2 = 5",  # division by zero is not an equation it can check; 2 + 2 = 5 is wrong
+    ]
+    assert arithmetic_validity_reward(None, completions) == [1.0, 0.5, 1.0, 0.0, 0.0]
+    spec = build_reward_functions("math,0.5*arith")
+    assert spec(["q"] * 2, completions[:2], answer=["133", "106"]) == [1.5, 0.25]
