@@ -232,17 +232,18 @@ def summarize(rows: list[dict]) -> list[dict]:
 def markdown_summary(rows: list[dict]) -> str:
     """``sweep.md``: the per-configuration summary (policies, then reward models) and the failed points."""
     summaries = summarize(rows)
+    policies = [s for s in summaries if s["method"] != REWARD]
     lines = ["| method | configuration | seeds | accuracy (mean) | vs SFT (mean; min, max) | seeds significantly "
-             "above SFT | KL to SFT |", "|---|---|---:|---:|---:|---:|---:|"]
-    for s in (s for s in summaries if s["method"] != REWARD):
+             "above SFT | KL to SFT |", "|---|---|---:|---:|---:|---:|---:|"] if policies or not summaries else []
+    for s in policies:
         kl = "n/a" if s["kl_vs_sft"] is None else f"{s['kl_vs_sft']:.3f}"
         lines.append(f"| {s['method']} | `{s['params']}` | {s['seeds']} | {s['accuracy']:.3f} | "
                      f"{s['accuracy_delta_vs_sft']:+.3f} ({s['min_delta']:+.3f}, {s['max_delta']:+.3f}) | "
                      f"{s['significant_seeds']} | {kl} |")
     reward = [s for s in summaries if s["method"] == REWARD]
     if reward:
-        lines += ["", "| reward model | seeds | held-out pair accuracy (mean) | lowest 95% bound | mean margin |",
-                  "|---|---:|---:|---:|---:|"]
+        lines += [""] * bool(lines) + ["| reward model | seeds | held-out pair accuracy (mean) | lowest 95% bound | "
+                                       "mean margin |", "|---|---:|---:|---:|---:|"]
         lines += [f"| `{s['params']}` | {s['seeds']} | {s['accuracy']:.3f} | {s['ci_low']:.3f} | "
                   f"{s['mean_margin']:+.3f} |" for s in reward]
     failed = [r for r in rows if r.get("status") == "failed"]

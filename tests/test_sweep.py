@@ -72,6 +72,7 @@ def test_reward_models_are_a_point_family_with_their_own_summary():
     md = markdown_summary(rows)
     assert "| dpo | `{}` | 1 | 0.500 | +0.100" in md
     assert '| `{"learning_rate": "3e-5"}` | 2 | 0.750 | 0.640 | +0.750 |' in md
+    assert markdown_summary(rows[:2]).startswith("| reward model |")  # a reward-only sweep: no empty policy table
 
 
 @pytest.mark.slow  # trains an SFT policy, a reward model and two DPO points (~1 min); make test-slow
