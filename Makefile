@@ -8,7 +8,7 @@ RUN ?= default
 # The capability gate's lm-eval subset reads the shared public data; without it the gate skips lm-eval
 GATE_DATA := $(if $(wildcard $(SHARED)/arc/arc_easy.jsonl),--data_dir $(SHARED),--gate_tasks "")
 
-.PHONY: setup model demo test-web pipeline pipeline-dpo pipeline-real pipeline-real-methods eval-real compare test test-slow lint bench clean-venv
+.PHONY: setup model demo test-web pipeline pipeline-dpo pipeline-real pipeline-real-methods eval-real compare sweep test test-slow lint bench clean-venv
 
 $(STAMP): requirements.txt requirements-test.txt pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -66,6 +66,12 @@ eval-real: pipeline-real
 # (78 min on 2 cores with the SFT policy and reward model given; about 8 min more to train them)
 compare: setup
 	$(PY) scripts/compare_methods.py --config config/compare/default.yaml
+
+# One sweep preset of config/sweep/ (issue 13's rounds: default, round2, round3, round4, reward, reward_hh), resumable:
+# make sweep SWEEP=round3
+SWEEP ?= default
+sweep: setup
+	$(PY) scripts/sweep.py --config config/sweep/$(SWEEP).yaml
 
 test: setup
 	$(PY) -m pytest -m "not slow and not gpu and not network and not web" -q --durations=15
