@@ -2,8 +2,8 @@
 
 Config flow (every script): dataclass default < ``--config config/<stage>/<x>.yaml`` < CLI flags; unknown YAML
 keys are an error (TRL's `TrlParser`). TRL's own configs are used as they are plus `HardwareDefaultsMixin`
-(device and bf16 from the hardware); our PPO has its own `open_rlhf.trainers.ppo.PPOConfig` (with the same
-mixin) because TRL 1.13 removed PPO.
+(device and bf16 from the hardware) and, for SFT, DPO (so SimPO) and KTO, `EWCArguments`; our PPO has its own
+`open_rlhf.trainers.ppo.PPOConfig` (with the same mixin) because TRL 1.13 removed PPO.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import trl
 from trl import ScriptArguments as TRLScriptArguments
 
 from open_rlhf import hardware
+from open_rlhf.errors import ConfigError
 
 
 @dataclass
@@ -88,8 +89,39 @@ class HardwareDefaultsMixin:
 
 
 @dataclass
-class SFTConfig(HardwareDefaultsMixin, trl.SFTConfig):
-    """TRL's `SFTConfig`; device and precision from the hardware (`HardwareDefaultsMixin`)."""
+class EWCArguments:
+    """Elastic weight consolidation of the offline policy stages (`open_rlhf.trainers.ewc`): ``--ewc_lambda`` and
+    ``--ewc_fisher_batches``, added to the SFT, DPO (DPO, IPO, SimPO) and KTO configs.
+
+    Raises:
+        ConfigError: when ``ewc_lambda < 0`` or ``ewc_fisher_batches < 1``.
+    """
+
+    ewc_lambda: float = field(
+        default=0.0,
+        metadata={"help": "EWC (Kirkpatrick et al. 2017): add 0.5 * ewc_lambda * sum_i F_i (theta_i - theta*_i)^2 to "
+                          "the loss, theta* the input policy and F its diagonal Fisher on this stage's training data "
+                          "(0: off)."},
+    )
+    ewc_fisher_batches: int = field(
+        default=16,
+        metadata={"help": "EWC: batches (of per_device_train_batch_size examples, the first of the training data) "
+                          "that estimate the input policy's diagonal Fisher, once, before training."},
+    )
+
+    def __post_init__(self):
+        if self.ewc_lambda < 0:
+            raise ConfigError(f"--ewc_lambda={self.ewc_lambda} must be >= 0. Fix: 0 turns EWC off; a positive value "
+                              "(e.g. 1000) pulls the policy towards the input policy.")
+        if self.ewc_fisher_batches < 1:
+            raise ConfigError(f"--ewc_fisher_batches={self.ewc_fisher_batches} must be >= 1 (the batches that estimate "
+                              "the input policy's Fisher). Fix: give a positive count, e.g. 16 (the default).")
+        super().__post_init__()
+
+
+@dataclass
+class SFTConfig(HardwareDefaultsMixin, EWCArguments, trl.SFTConfig):
+    """TRL's `SFTConfig`; device and precision from the hardware (`HardwareDefaultsMixin`); EWC (`EWCArguments`)."""
 
 
 @dataclass
@@ -98,13 +130,13 @@ class RewardConfig(HardwareDefaultsMixin, trl.RewardConfig):
 
 
 @dataclass
-class DPOConfig(HardwareDefaultsMixin, trl.DPOConfig):
-    """TRL's `DPOConfig`; device and precision from the hardware (`HardwareDefaultsMixin`)."""
+class DPOConfig(HardwareDefaultsMixin, EWCArguments, trl.DPOConfig):
+    """TRL's `DPOConfig`; device and precision from the hardware (`HardwareDefaultsMixin`); EWC (`EWCArguments`)."""
 
 
 @dataclass
-class KTOConfig(HardwareDefaultsMixin, trl.KTOConfig):
-    """TRL's `KTOConfig`; device and precision from the hardware (`HardwareDefaultsMixin`)."""
+class KTOConfig(HardwareDefaultsMixin, EWCArguments, trl.KTOConfig):
+    """TRL's `KTOConfig`; device and precision from the hardware (`HardwareDefaultsMixin`); EWC (`EWCArguments`)."""
 
 
 _REWARD_HELP = ("Reward spec (open_rlhf.rewards.build_reward_functions): comma-separated [weight*]name[:arg] terms, "

@@ -8,9 +8,10 @@ the per-example negative log-likelihood (the "empirical Fisher").
 Source: Kirkpatrick et al. 2017, "Overcoming catastrophic forgetting in neural networks",
 https://arxiv.org/abs/1612.00796, Eq. 3 (the penalty) and its Methods (the diagonal Fisher).
 
-Meant as an optional regulariser of the SFT and DPO stages (``--ewc_lambda``, issue 14: not wired into the stages
-yet), so that a self-improvement round keeps what the previous policy could do. Only parameters with
-``requires_grad`` are anchored (with LoRA: the adapter's).
+An optional regulariser of the SFT, DPO (IPO, SimPO) and KTO stages (``--ewc_lambda``, ``--ewc_fisher_batches``,
+issue 14; the trainer hook and the stages' Fisher data are in `open_rlhf.trainers.ewc`), so that a
+self-improvement round keeps what the previous policy could do. Only parameters with ``requires_grad`` are
+anchored (with LoRA: the adapter's).
 """
 
 from __future__ import annotations

@@ -13,7 +13,8 @@ What `run_stage` does, for every stage:
 4. model(s) and tokenizer; the fused RMSNorm when asked (``--use_fused_rmsnorm``);
 5. the reward functions of an RL stage (``--reward``, `open_rlhf.rewards.build_reward_functions`);
 6. data: the train/eval split of ``--dataset_name`` for the stage's data kind (`open_rlhf.data.load_splits`);
-7. the trainer, with a progress bar that names the stage and shows the loss; ``train`` (resuming);
+7. the trainer, with a progress bar that names the stage and shows the loss, and with ``--ewc_lambda`` the EWC
+   penalty anchored at the input policy (`open_rlhf.trainers.ewc`); ``train`` (resuming);
 8. the final model saved atomically behind the completion marker (`open_rlhf.outputs.save_final`).
 """
 
@@ -215,6 +216,11 @@ def _build_trainer(spec: StageSpec, loaded: dict, training_args, model_args, tra
     from trl import get_peft_config
 
     trainer_class = spec.trainer()
+    ewc_lambda = getattr(training_args, "ewc_lambda", 0.0)  # SFT, DPO, SimPO, KTO (`open_rlhf.config.EWCArguments`)
+    if ewc_lambda:
+        from open_rlhf.trainers.ewc import anchor_ewc, ewc_trainer_class
+
+        trainer_class = ewc_trainer_class(trainer_class)
     if spec.model == "ppo":
         return trainer_class(args=training_args, processing_class=loaded["tokenizer"], model=loaded["model"],
                              ref_model=loaded["ref_model"], reward_funcs=[reward],
@@ -230,6 +236,8 @@ def _build_trainer(spec: StageSpec, loaded: dict, training_args, model_args, tra
                             processing_class=loaded["tokenizer"], peft_config=get_peft_config(model_args), **kwargs)
     if reward is not None:
         reward.to(trainer.accelerator.device)  # a reward model scores where the policy runs (TRL leaves callables)
+    if ewc_lambda:  # the input policy's Fisher, before `train` loads any checkpoint (so a resume recomputes it)
+        anchor_ewc(trainer, spec.data_kind, ewc_lambda, training_args.ewc_fisher_batches)
     use_stage_progress(trainer, spec.name)
     return trainer
 
