@@ -1,5 +1,6 @@
 """Inference-time compute from the command line: greedy, sampling, best-of-N, self-consistency, adaptive
-consistency, PRM-guided beam search, MCTS, speculative decoding (see open_rlhf/inference/run.py).
+consistency, PRM-guided beam search, MCTS, speculative decoding, iterative refinement (see
+open_rlhf/inference/run.py).
 
     python scripts/generate.py --model runs/default/ppo --prompts builtin --num_prompts 32 --strategy self_consistency --n 8
     python scripts/generate.py --model runs/default/ppo --prompts FILE --strategy best_of_n --n 8 --reward model:runs/default/reward

@@ -10,6 +10,8 @@ PRM trainer, so these modules are ours.
   `open_rlhf.trainers.prm` (``scripts/train_prm.py``).
 - `search`: step-level search: PRM-guided beam search and MCTS (`MCTSGenerator`), valued by a PRM, a PPO value model
   or verifier-scored rollouts.
+- `refine`: iterative refinement (`IterativeRefiner`, Self-Refine with an external judge): answer, get feedback (a
+  reward spec's score and optionally the policy's own critique), rewrite, until the judge accepts or the rounds run out.
 - `speculative`: speculative decoding through transformers' assisted generation (a draft model, prompt lookup, or a
   self-speculative draft made of the target's first layers).
 

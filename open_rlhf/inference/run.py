@@ -7,12 +7,14 @@
     python scripts/generate.py --model runs/default/ppo --strategy beam_prm --prm runs/default/prm --beam_width 2 --expand 4
     python scripts/generate.py --model runs/default/ppo --strategy mcts --prm runs/default/prm --num_simulations 16
     python scripts/generate.py --strategy mcts --evaluator rollout --reward math --num_simulations 8   # oracle verifier
+    python scripts/generate.py --model runs/default/sft --strategy refine --temperature 0 --reward arith --refine_rounds 2
 
 ``--prompts`` is anything `open_rlhf.data.load_prompt_dataset` reads as prompts (a JSONL file with a ``prompt``
 field, a string or chat messages; GSM8K; ``builtin``, whose held-out split is used), with an ``answer`` column when
 the source has one: then each row says whether the answer is correct and the summary gives the accuracy. Rows:
-``prompt, response, strategy, answer, gold, correct, score, num_samples, num_tokens, seconds``. The output file is
-written once, atomically, and never overwrites an existing one.
+``prompt, response, strategy, answer, gold, correct, score, num_samples, num_tokens, seconds`` (``refine`` adds
+``scores``, the judge's score of each round's answer). The summary gives the accuracy with its 95% Wilson interval.
+The output file is written once, atomically, and never overwrites an existing one.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ from pathlib import Path
 
 from open_rlhf.errors import ConfigError, OutputDirError, user_errors
 
-STRATEGIES = ("greedy", "sample", "best_of_n", "self_consistency", "adaptive", "beam_prm", "mcts", "speculative")
+STRATEGIES = ("greedy", "sample", "best_of_n", "self_consistency", "adaptive", "beam_prm", "mcts", "speculative",
+              "refine")
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -36,7 +39,9 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--num_prompts", type=int, default=None, help="the first N prompts only")
     p.add_argument("--strategy", choices=STRATEGIES, default="greedy")
     p.add_argument("--n", type=int, default=8, help="samples per prompt (best_of_n, self_consistency)")
-    p.add_argument("--reward", default=None, help="reward spec for best_of_n, e.g. model:runs/default/reward or math")
+    p.add_argument("--reward", default=None,
+                   help="reward spec for best_of_n, the rollout evaluator and refine's judge (refine's default: arith), "
+                        "e.g. model:runs/default/reward or math")
     p.add_argument("--max_new_tokens", type=int, default=256)
     p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (0 = greedy)")
     p.add_argument("--top_p", type=float, default=1.0)
@@ -59,6 +64,15 @@ def make_parser() -> argparse.ArgumentParser:
                    default="prompt_lookup", help="speculative: the draft")
     p.add_argument("--draft_model", default=None, help="speculative draft_model: a smaller model, same tokenizer")
     p.add_argument("--draft_layers", type=int, default=None, help="self_speculative: the draft's depth (default L/4)")
+    p.add_argument("--refine_rounds", type=int, default=2, help="refine: the most refinements after the first answer")
+    p.add_argument("--refine_threshold", type=float, default=1.0,
+                   help="refine: the judge (--reward) accepts an answer scoring this or more, and the prompt stops")
+    p.add_argument("--refine_critique", action="store_true",
+                   help="refine: the policy also checks its own steps, and the check is part of the feedback")
+    p.add_argument("--refine_temperature", type=float, default=None,
+                   help="refine: the temperature of critiques and rewrites (default: --temperature)")
+    p.add_argument("--refine_keep", choices=("best", "last"), default="best",
+                   help="refine: keep the best-scored answer (ties to the earlier) or the last one")
     p.add_argument("--compress_ratio", type=float, default=None,
                    help="compress each prompt to this share of its tokens first (LLMLingua-style, the policy as the "
                         "small LM; the question is kept verbatim; open_rlhf.inference.compress)")
@@ -87,6 +101,10 @@ def _check(args) -> None:
                 raise ConfigError(f"--{name} must be >= 1, got {getattr(args, name)}")
         if args.max_search_tokens is not None and args.max_search_tokens < 1:
             raise ConfigError(f"--max_search_tokens must be >= 1, got {args.max_search_tokens}")
+    if args.refine_rounds < 0:
+        raise ConfigError(f"--refine_rounds must be >= 0, got {args.refine_rounds}")
+    if args.refine_temperature is not None and args.refine_temperature < 0:
+        raise ConfigError(f"--refine_temperature must be >= 0 (0 = greedy), got {args.refine_temperature}")
     if not 0 < args.confidence < 1:
         raise ConfigError(f"--confidence must be in (0, 1), got {args.confidence}")
     if args.compress_ratio is not None and not 0 < args.compress_ratio <= 1:
@@ -134,6 +152,7 @@ def run(args) -> Path:
     from open_rlhf import data, models
     from open_rlhf.atomic import atomic_write_text
     from open_rlhf.inference import speculative, strategies
+    from open_rlhf.metrics import accuracy_interval
     from open_rlhf.rewards import build_reward_functions, check_columns
     from open_rlhf.tasks.gsm8k import normalize_number
 
@@ -146,8 +165,11 @@ def run(args) -> Path:
     prompts = list(dataset["prompt"])
     gold = list(dataset["answer"]) if "answer" in dataset.column_names else None
     reward = None
-    if args.strategy == "best_of_n" or (args.strategy in ("beam_prm", "mcts") and args.evaluator == "rollout"):
-        reward = build_reward_functions(args.reward)
+    # refine's default judge is arith: it reads no gold answer (math with gold answers would be an oracle judge)
+    spec = args.reward or ("arith" if args.strategy == "refine" else None)
+    rollout = args.strategy in ("beam_prm", "mcts") and args.evaluator == "rollout"
+    if args.strategy in ("best_of_n", "refine") or rollout:
+        reward = build_reward_functions(spec)
         check_columns(reward, dataset.column_names, args.prompts)
     torch.manual_seed(args.seed)
     model, tokenizer = models.load_inference_model(args.model)
@@ -177,6 +199,13 @@ def run(args) -> Path:
                                                   confidence=args.confidence, **sampling)
     elif args.strategy in ("beam_prm", "mcts"):
         results = _search(args, model, tokenizer, prompts, reward, dataset)
+    elif args.strategy == "refine":
+        from open_rlhf.inference.refine import IterativeRefiner
+
+        refiner = IterativeRefiner(model, tokenizer, reward, max_rounds=args.refine_rounds,
+                                   threshold=args.refine_threshold, critique=args.refine_critique,
+                                   keep=args.refine_keep, refine_temperature=args.refine_temperature, **sampling)
+        results = refiner.generate(prompts, {c: list(dataset[c]) for c in reward.required_columns})
     else:
         draft = None
         if args.speculative == "draft_model":
@@ -200,6 +229,8 @@ def run(args) -> Path:
                "seconds": seconds / len(prompts)}
         if args.compress_ratio is not None:
             row["compressed_prompt"] = prompt
+        if args.strategy == "refine":
+            row["scores"] = result.scores
         if gold is not None:
             row["gold"] = gold[i]
             row["correct"] = result.answer is not None and result.answer == normalize_number(str(gold[i]))
@@ -211,7 +242,8 @@ def run(args) -> Path:
     summary = (f"{args.strategy}: {len(rows)} prompts, {samples:.2f} samples and {tokens:.0f} generated tokens per "
                f"prompt, {seconds:.1f} s")
     if gold is not None:
-        summary += f"; accuracy {sum(r['correct'] for r in rows) / len(rows):.3f}"
+        accuracy, low, high = accuracy_interval([r["correct"] for r in rows])
+        summary += f"; accuracy {accuracy:.3f} (95% Wilson interval {low:.3f}-{high:.3f})"
     print(summary + f"\nrows: {out_path}", flush=True)
     return out_path
 
