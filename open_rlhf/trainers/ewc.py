@@ -70,7 +70,7 @@ class EWCTrainerMixin:
             return result
         penalty = self.ewc(self.model)  # scalar with a graph to the parameters; the same on every process
         self._ewc_values = getattr(self, "_ewc_values", [])
-        self._ewc_values.append(penalty.item())
+        self._ewc_values.append(penalty.detach())  # read back at log time: no device sync per micro-step
         # `Trainer.training_step` divides the loss by the accumulation steps unless it is "scaled for GA" (a loss
         # already normalised over the whole accumulated batch): then each micro-batch carries 1/steps of the penalty
         scaled = self.loss_is_scaled_for_ga
@@ -88,7 +88,7 @@ class EWCTrainerMixin:
         """Shadows `log` (TRL 1.16 / transformers): adds ``ewc_penalty`` to a training log, then the base's."""
         values = getattr(self, "_ewc_values", None)
         if values and "loss" in logs:  # a training log: the mean penalty of the micro-steps since the last one
-            logs["ewc_penalty"] = sum(values) / len(values)
+            logs["ewc_penalty"] = torch.stack(values).float().mean().item()
             values.clear()
         super().log(logs, start_time)
 
