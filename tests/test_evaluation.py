@@ -13,7 +13,7 @@ def always_says(model, token_id: int) -> None:
     """Make greedy decoding emit ``token_id`` at every step (a +100 logit bias on the LM head)."""
     bias = torch.zeros(model.config.vocab_size)
     bias[token_id] = 100.0
-    model.lm_head.register_forward_hook(lambda module, inputs, output: output + bias.to(output.dtype))
+    model.lm_head.register_forward_hook(lambda module, inputs, output: output + bias.to(output.device, output.dtype))
 
 
 def test_generate_stops_at_any_stop_id_of_the_generation_config(tokenizer):

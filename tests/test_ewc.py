@@ -85,7 +85,7 @@ def run_anchored(stage: str, args: list[str]):
 def fisher_distance(penalty: EWCPenalty, folder) -> float:
     """sum_i F_i (theta_i - theta*_i)^2 of the weights saved in ``folder`` (what EWC penalises, over lambda / 2)."""
     saved = weights(folder)
-    return sum((f * (saved[name].float() - penalty.anchor[name]) ** 2).sum()
+    return sum((f.cpu() * (saved[name].float() - penalty.anchor[name].cpu()) ** 2).sum()  # the anchor may be on a GPU
                for name, f in penalty.fisher.items()).item()
 
 

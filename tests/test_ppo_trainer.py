@@ -34,7 +34,7 @@ def restrict_to_words(model, tokenizer, extra_ids=()):
     ids = [word_id(tokenizer, w) for w in WORDS] + list(extra_ids)
     bias = torch.full((model.config.vocab_size,), -20.0)
     bias[ids] = 0.0
-    model.lm_head.register_forward_hook(lambda module, inputs, output: output + bias.to(output.dtype))
+    model.lm_head.register_forward_hook(lambda module, inputs, output: output + bias.to(output.device, output.dtype))
 
 
 def make_models(tokenizer, seed=0, extra_ids=()):
