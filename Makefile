@@ -8,7 +8,7 @@ RUN ?= default
 # The capability gate's lm-eval subset reads the shared public data; without it the gate skips lm-eval
 GATE_DATA := $(if $(wildcard $(SHARED)/arc/arc_easy.jsonl),--data_dir $(SHARED),--gate_tasks "")
 
-.PHONY: setup model demo test-web pipeline pipeline-dpo pipeline-real pipeline-real-methods eval-real compare sweep test test-slow lint bench clean-venv
+.PHONY: docker-base docker-build docker-test setup model demo test-web pipeline pipeline-dpo pipeline-real pipeline-real-methods eval-real compare sweep test test-slow lint bench clean-venv
 
 $(STAMP): requirements.txt requirements-test.txt pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -94,3 +94,33 @@ lint: $(STAMP)
 bench: setup
 	$(PY) scripts/bench_ppo.py
 	$(PY) scripts/bench_sft.py
+
+# Docker (see the Dockerfile's header). docker-base: a base image from Debian's packages, for machines that reach
+# Debian's mirrors but no image registry. docker-build: the image, with the host's CA bundle as a build secret and
+# the host's torch wheel when pip finds one locally (no CUDA download). docker-test: `make test` and the 2-step
+# smoke pipeline inside the image, runs/ mounted.
+IMAGE ?= open_rlhf
+# BuildKit (for the build secret and bind mount): a Docker >= 23 CLI needs its buildx plugin for it; Debian
+# bookworm's docker.io client (20.10, /usr/bin/docker) has it built in.
+DOCKER ?= $(shell docker buildx version >/dev/null 2>&1 && echo docker || { test -x /usr/bin/docker && echo /usr/bin/docker; } || echo docker)
+BASE_IMAGE ?= open_rlhf-base:bookworm
+PIP_CERT_FILE ?= $(or $(PIP_CERT),$(shell python3 -m pip config get global.cert 2>/dev/null),/etc/ssl/certs/ca-certificates.crt)
+DOCKER_RUN := docker run --rm --network host -v $(CURDIR)/runs:/app/runs \
+	$(if $(wildcard $(SHARED)),-v $(abspath $(SHARED)):/shared/data:ro)
+docker-base:
+	scripts/docker_base_image.sh $(BASE_IMAGE)
+
+docker-build:
+	mkdir -p .docker-wheels
+	python3 -m pip download -q --no-deps --only-binary=:all: torch==2.13.0 -d .docker-wheels \
+		|| echo "no local torch wheel: the image downloads torch from the TORCH_INDEX build argument"
+	DOCKER_BUILDKIT=1 $(DOCKER) build --network host --progress plain --build-arg BASE_IMAGE=$(BASE_IMAGE) \
+		--secret id=pipcert,src=$(PIP_CERT_FILE) -t $(IMAGE) .
+	$(DOCKER) image ls $(IMAGE)
+
+SMOKE_RUN := docker-smoke-$(shell date +%Y%m%d-%H%M%S)
+docker-test: docker-build
+	mkdir -p runs
+	$(DOCKER_RUN) $(IMAGE) make test
+	$(DOCKER_RUN) $(IMAGE) .venv/bin/python scripts/run_pipeline.py --config config/pipeline/smoke.yaml --run_name $(SMOKE_RUN)
+	test -s runs/$(SMOKE_RUN)/report.md && echo "docker-test: the image passed make test and wrote runs/$(SMOKE_RUN)/report.md"
