@@ -8,6 +8,8 @@ keys are an error (TRL's `TrlParser`). TRL's own configs are used as they are pl
 
 from __future__ import annotations
 
+import logging
+import math
 from dataclasses import dataclass, field
 
 import trl
@@ -15,6 +17,8 @@ from trl import ScriptArguments as TRLScriptArguments
 
 from open_rlhf import hardware
 from open_rlhf.errors import ConfigError
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -37,6 +41,13 @@ class ScriptArguments(TRLScriptArguments):
         default=None, metadata={"help": "Keep at most this many training examples (after a seeded shuffle)."}
     )
     split_seed: int = field(default=42, metadata={"help": "Seed of the train/eval split and sample selection."})
+    streaming: bool = field(
+        default=False,
+        metadata={"help": "Stream the training data from --dataset_name (.jsonl, .jsonl.gz, .parquet, a folder of "
+                          "them, or a hub id) instead of loading it into memory: SFT, reward, DPO and KTO; needs "
+                          "--max_steps; the eval set is the first --eval_size examples (open_rlhf.data."
+                          "load_streaming_splits). TRL's --dataset_streaming does the same."},
+    )
     use_fused_rmsnorm: bool = field(
         default=False,
         metadata={"help": "Replace the model's RMSNorm modules with our fused Triton kernel (open_rlhf.kernels)."},
@@ -144,8 +155,42 @@ _REWARD_HELP = ("Reward spec (open_rlhf.rewards.build_reward_functions): comma-s
                 "'model:runs/default/reward'.")
 
 
+def generation_cycle_warning(args) -> str | None:
+    """Why a GRPO/RLOO checkpoint would not resume exactly, or None.
+
+    TRL 1.16's GRPO and RLOO trainers generate once per ``steps_per_generation * num_iterations`` micro-batches and
+    replay a buffer of those completions until the next generation; the buffer is not in the checkpoint. A checkpoint
+    saved inside a cycle therefore resumes with freshly generated completions, and the resumed run drifts from an
+    uninterrupted one (found by ``scripts/chaos_resume.py``: identical to step 3, weights off by up to 1.4e-3 after a
+    resume at step 3 of 2-step cycles). Exact when ``save_steps * gradient_accumulation_steps`` is a multiple of the
+    cycle, in micro-batches.
+    """
+    steps = args.save_steps
+    if args.save_strategy != "steps" or not float(steps).is_integer() or steps < 1:
+        return None
+    cycle = args.steps_per_generation * args.num_iterations
+    if (int(steps) * args.gradient_accumulation_steps) % cycle == 0:
+        return None
+    return (f"save_steps={int(steps)} x gradient_accumulation_steps={args.gradient_accumulation_steps} is not a "
+            f"multiple of steps_per_generation={args.steps_per_generation} x num_iterations={args.num_iterations}: a "
+            "resume from a checkpoint inside a generation cycle regenerates completions TRL had buffered, so it will "
+            "not equal an uninterrupted run. Fix: make save_steps a multiple of "
+            f"{cycle // math.gcd(cycle, args.gradient_accumulation_steps)}.")
+
+
+class GenerationCycleCheckMixin:
+    """Warns (once, at config time) when ``save_steps`` cuts a GRPO/RLOO generation cycle
+    (`generation_cycle_warning`)."""
+
+    def __post_init__(self):
+        super().__post_init__()
+        message = generation_cycle_warning(self)
+        if message:
+            logger.warning(message)
+
+
 @dataclass
-class GRPOConfig(HardwareDefaultsMixin, trl.GRPOConfig):
+class GRPOConfig(GenerationCycleCheckMixin, HardwareDefaultsMixin, trl.GRPOConfig):
     """TRL's `GRPOConfig` plus ``reward`` (the reward spec); device and precision from the hardware
     (`HardwareDefaultsMixin`).
 
@@ -156,7 +201,7 @@ class GRPOConfig(HardwareDefaultsMixin, trl.GRPOConfig):
 
 
 @dataclass
-class RLOOConfig(HardwareDefaultsMixin, trl.RLOOConfig):
+class RLOOConfig(GenerationCycleCheckMixin, HardwareDefaultsMixin, trl.RLOOConfig):
     """TRL's `RLOOConfig` plus ``reward`` (the reward spec); device and precision from the hardware
     (`HardwareDefaultsMixin`)."""
 

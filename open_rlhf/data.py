@@ -30,8 +30,13 @@ implicit-prompt preference) a pair whose chosen equals its rejected is an error,
 string that is an hh-rlhf transcript without an Assistant turn (which TRL's common-prefix prompt extraction would
 otherwise cut into a meaningless pair).
 
-The stage loaders (`load_sft_dataset`, `load_preference_dataset`, `load_prompt_dataset`, `load_splits`)
-are what the stages call. Every caller error is an `open_rlhf.errors.UserError`: a `DataFormatError` (a
+Data larger than memory (``--streaming``, `load_streaming_splits`): a ``.jsonl``, ``.jsonl.gz`` or ``.parquet``
+file, a folder of them or a Hub id is read one record at a time into a `datasets.IterableDataset`, with the same
+detection, conversion and errors (a bad record is reported with its file and line when the stream reaches it); the
+eval set is the stream's first ``eval_size`` examples. A ``.json`` file is one document and cannot be streamed.
+
+The stage loaders (`load_sft_dataset`, `load_preference_dataset`, `load_prompt_dataset`, `load_splits`,
+`load_streaming_splits`) are what the stages call. Every caller error is an `open_rlhf.errors.UserError`: a `DataFormatError` (a
 `ValueError`) naming the file, the line (1-based) or item, the field and the fix; a `DataNotFoundError` for a
 missing file; a `ConfigError` for a bad ``eval_size`` or ``max_samples``.
 """
@@ -39,18 +44,19 @@ missing file; a `ConfigError` for a bad ``eval_size`` or ``max_samples``.
 from __future__ import annotations
 
 import gzip
+import itertools
 import json
 import logging
 import os
 import re
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import datasets
-from datasets import Dataset
+from datasets import Dataset, IterableDataset
 
 from open_rlhf.errors import ConfigError, DataFormatError, DataNotFoundError
 from open_rlhf.tasks import arithmetic
@@ -270,29 +276,43 @@ def _kind(value: Any) -> str | None:
     return "object"
 
 
-def _check_consistent(records: _Records) -> None:
-    """Every record has the first record's fields, each of the same JSON type."""
-    first = records.rows[0]
-    kinds: dict[str, tuple[str, int]] = {}
-    for index, row in enumerate(records.rows):
-        if row.keys() != first.keys():
-            missing = sorted(first.keys() - row.keys())
-            extra = sorted(row.keys() - first.keys())
+class _Consistency:
+    """Checks, one record at a time, that every record has the first record's fields, each of one JSON type
+    (the same check for a list of records and for a stream: it keeps only the first record's fields and, per
+    field, the first type seen and where)."""
+
+    def __init__(self):
+        self.first: dict[str, Any] | None = None
+        self.first_where = ""
+        self.kinds: dict[str, tuple[str, str]] = {}  # field -> (JSON type, where it was first seen)
+
+    def check(self, row: dict[str, Any], where: str) -> None:
+        if self.first is None:
+            self.first, self.first_where = row, where
+        elif row.keys() != self.first.keys():
+            missing = sorted(self.first.keys() - row.keys())
+            extra = sorted(row.keys() - self.first.keys())
             problem = (f"missing field '{missing[0]}'" if missing
                        else f"field '{extra[0]}' that the first record lacks")
-            raise DataFormatError(f"{records.where(index)}: record has {problem} (the first record, "
-                                  f"{records.where(0)}, has fields {sorted(first)}). Fix: give every record the "
-                                  f"same fields.")
+            raise DataFormatError(f"{where}: record has {problem} (the first record, {self.first_where}, has "
+                                  f"fields {sorted(self.first)}). Fix: give every record the same fields.")
         for key, value in row.items():
             kind = _kind(value)
             if kind is None:
                 continue
-            if key not in kinds:
-                kinds[key] = (kind, index)
-            elif kinds[key][0] != kind:
-                raise DataFormatError(f"{records.where(index)}: field '{key}' is a {kind}, but it is a "
-                                      f"{kinds[key][0]} in {records.where(kinds[key][1])}. Fix: give field "
-                                      f"'{key}' the same type in every record.")
+            if key not in self.kinds:
+                self.kinds[key] = (kind, where)
+            elif self.kinds[key][0] != kind:
+                raise DataFormatError(f"{where}: field '{key}' is a {kind}, but it is a {self.kinds[key][0]} in "
+                                      f"{self.kinds[key][1]}. Fix: give field '{key}' the same type in every "
+                                      f"record.")
+
+
+def _check_consistent(records: _Records) -> None:
+    """Every record has the first record's fields, each of the same JSON type."""
+    checker = _Consistency()
+    for index, row in enumerate(records.rows):
+        checker.check(row, records.where(index))
 
 
 def _read_records(source: str, split: str = "train") -> _Records:
@@ -500,78 +520,87 @@ def _split_hh(chosen: str, rejected: str, where: str):
     return messages, chosen_final.strip(), rejected_final.strip()
 
 
-def _convert_hh(records: _Records) -> list[dict[str, Any]]:
-    rows, empty, malformed = [], 0, 0
-    for index, row in enumerate(records.rows):
-        where = records.where(index)
-        chosen = _check_text(row["chosen"], "chosen", where)
-        rejected = _check_text(row["rejected"], "rejected", where)
-        _check_hh_has_assistant(chosen, "chosen", where)
-        _check_hh_has_assistant(rejected, "rejected", where)
-        split = _split_hh(chosen, rejected, where)
-        if split is None:
-            malformed += 1
-            continue
-        prompt, chosen_final, rejected_final = split
-        if not chosen_final or not rejected_final:
-            empty += 1
-            continue
-        _check_pair_differs(chosen_final, rejected_final, where, " (the same final Assistant turn)")
-        rows.append({"prompt": prompt, "chosen": [{"role": "assistant", "content": chosen_final}],
-                     "rejected": [{"role": "assistant", "content": rejected_final}]})
-    if empty:
+def _hh_row(row: dict[str, Any], where: str) -> tuple[dict[str, Any] | None, str | None]:
+    """``(converted row, None)`` of one hh-rlhf record, or ``(None, "empty" | "malformed")`` for a skipped one."""
+    chosen = _check_text(row["chosen"], "chosen", where)
+    rejected = _check_text(row["rejected"], "rejected", where)
+    _check_hh_has_assistant(chosen, "chosen", where)
+    _check_hh_has_assistant(rejected, "rejected", where)
+    split = _split_hh(chosen, rejected, where)
+    if split is None:
+        return None, "malformed"
+    prompt, chosen_final, rejected_final = split
+    if not chosen_final or not rejected_final:
+        return None, "empty"
+    _check_pair_differs(chosen_final, rejected_final, where, " (the same final Assistant turn)")
+    return {"prompt": prompt, "chosen": [{"role": "assistant", "content": chosen_final}],
+            "rejected": [{"role": "assistant", "content": rejected_final}]}, None
+
+
+def _warn_hh_skipped(name: str, skipped: dict[str, int]) -> None:
+    if skipped.get("empty"):
         logger.warning("%s: skipped %d hh-rlhf records whose final chosen or rejected turn is empty",
-                       records.name, empty)
-    if malformed:
+                       name, skipped["empty"])
+    if skipped.get("malformed"):
         logger.warning("%s: skipped %d hh-rlhf records whose prompt is not a Human/Assistant dialogue ending "
-                       "with a Human turn", records.name, malformed)
+                       "with a Human turn", name, skipped["malformed"])
+
+
+def _convert_hh(records: _Records) -> list[dict[str, Any]]:
+    rows, skipped = [], {"empty": 0, "malformed": 0}
+    for index, row in enumerate(records.rows):
+        converted, reason = _hh_row(row, records.where(index))
+        if converted is None:
+            skipped[reason] += 1
+        else:
+            rows.append(converted)
+    _warn_hh_skipped(records.name, skipped)
     return rows
+
+
+def _gsm8k_row(row: dict[str, Any], where: str) -> dict[str, Any]:
+    question = _check_text(row["question"], "question", where)
+    solution = _check_text(row["answer"], "answer", where)
+    if "#### " not in solution:
+        raise DataFormatError(f"{where}: field 'answer' has no '#### ' marker. Fix: end every GSM8K answer "
+                              f"with a line '#### N' giving the final number.")
+    final = solution.rsplit("#### ", 1)[1].strip()
+    answer = normalize_number(final)
+    if answer is None:
+        raise DataFormatError(f"{where}: field 'answer' ends with '#### {final}', which is not a number. "
+                              f"Fix: write the final answer as a number after '#### '.")
+    return {"prompt": [{"role": "user", "content": user_prompt(question)}],
+            "completion": [{"role": "assistant", "content": _CALCULATOR_ANNOTATION.sub("", solution).strip()}],
+            "answer": answer}
 
 
 def _convert_gsm8k(records: _Records) -> list[dict[str, Any]]:
-    rows = []
-    for index, row in enumerate(records.rows):
-        where = records.where(index)
-        question = _check_text(row["question"], "question", where)
-        solution = _check_text(row["answer"], "answer", where)
-        if "#### " not in solution:
-            raise DataFormatError(f"{where}: field 'answer' has no '#### ' marker. Fix: end every GSM8K answer "
-                                  f"with a line '#### N' giving the final number.")
-        final = solution.rsplit("#### ", 1)[1].strip()
-        answer = normalize_number(final)
-        if answer is None:
-            raise DataFormatError(f"{where}: field 'answer' ends with '#### {final}', which is not a number. "
-                                  f"Fix: write the final answer as a number after '#### '.")
-        rows.append({"prompt": [{"role": "user", "content": user_prompt(question)}],
-                     "completion": [{"role": "assistant",
-                                     "content": _CALCULATOR_ANNOTATION.sub("", solution).strip()}],
-                     "answer": answer})
-    return rows
+    return [_gsm8k_row(row, records.where(index)) for index, row in enumerate(records.rows)]
+
+
+def _implicit_row(row: dict[str, Any], where: str, conversational: bool) -> dict[str, Any]:
+    from trl import maybe_extract_prompt
+
+    chosen = _check_turns(row["chosen"], "chosen", where)
+    rejected = _check_turns(row["rejected"], "rejected", where)
+    if isinstance(chosen, str) != isinstance(rejected, str):
+        raise DataFormatError(f"{where}: 'chosen' and 'rejected' must both be strings or both be lists of "
+                              f"messages. Fix: give them the same type.")
+    _check_hh_has_assistant(chosen, "chosen", where)
+    _check_hh_has_assistant(rejected, "rejected", where)
+    _check_pair_differs(chosen, rejected, where)
+    extracted = maybe_extract_prompt({"chosen": chosen, "rejected": rejected})
+    if not extracted["prompt"]:
+        raise DataFormatError(f"{where}: fields 'chosen' and 'rejected' share no prompt prefix. Fix: add a "
+                              f"'prompt' column, or repeat the same prompt at the start of both.")
+    return {"prompt": _as_messages(extracted["prompt"], "user", conversational),
+            "chosen": _as_messages(extracted["chosen"], "assistant", conversational),
+            "rejected": _as_messages(extracted["rejected"], "assistant", conversational),
+            **_extra(row)}
 
 
 def _convert_implicit(records: _Records, conversational: bool) -> list[dict[str, Any]]:
-    from trl import maybe_extract_prompt
-
-    rows = []
-    for index, row in enumerate(records.rows):
-        where = records.where(index)
-        chosen = _check_turns(row["chosen"], "chosen", where)
-        rejected = _check_turns(row["rejected"], "rejected", where)
-        if isinstance(chosen, str) != isinstance(rejected, str):
-            raise DataFormatError(f"{where}: 'chosen' and 'rejected' must both be strings or both be lists of "
-                                  f"messages. Fix: give them the same type.")
-        _check_hh_has_assistant(chosen, "chosen", where)
-        _check_hh_has_assistant(rejected, "rejected", where)
-        _check_pair_differs(chosen, rejected, where)
-        extracted = maybe_extract_prompt({"chosen": chosen, "rejected": rejected})
-        if not extracted["prompt"]:
-            raise DataFormatError(f"{where}: fields 'chosen' and 'rejected' share no prompt prefix. Fix: add a "
-                                  f"'prompt' column, or repeat the same prompt at the start of both.")
-        rows.append({"prompt": _as_messages(extracted["prompt"], "user", conversational),
-                     "chosen": _as_messages(extracted["chosen"], "assistant", conversational),
-                     "rejected": _as_messages(extracted["rejected"], "assistant", conversational),
-                     **_extra(row)})
-    return rows
+    return [_implicit_row(row, records.where(index), conversational) for index, row in enumerate(records.rows)]
 
 
 def _extra(row: dict[str, Any]) -> dict[str, Any]:
@@ -581,35 +610,36 @@ def _extra(row: dict[str, Any]) -> dict[str, Any]:
     return {}
 
 
+_STANDARD_ROLES = {"prompt": "user", "completion": "assistant", "chosen": "assistant", "rejected": "assistant"}
+_STANDARD_COLUMNS = {"prompt_completion": ("prompt", "completion"), "preference": ("prompt", "chosen", "rejected"),
+                     "prompt_only": ("prompt",), "unpaired_preference": ("prompt", "completion"),
+                     "messages": ("messages",)}
+
+
+def _standard_row(row: dict[str, Any], fmt: str, where: str, conversational: bool) -> dict[str, Any]:
+    values = {column: _check_turns(row[column], column, where) for column in _STANDARD_COLUMNS[fmt]}
+    if fmt == "messages":
+        if isinstance(values["messages"], str) or not values["messages"]:
+            raise DataFormatError(f"{where}: field 'messages' must be a non-empty list of messages. Fix: "
+                                  f'give it as [{{"role": "user", "content": "..."}}, ...].')
+        return {"messages": values["messages"], **_extra(row)}
+    # TRL needs all the columns of a row to be strings or all conversational: wrap the strings when any
+    # column is conversational, or when asked to.
+    wrap = conversational or any(not isinstance(v, str) for v in values.values())
+    out = {column: _as_messages(value, _STANDARD_ROLES[column], wrap) for column, value in values.items()}
+    if fmt == "preference":
+        _check_pair_differs(out["chosen"], out["rejected"], where)
+    if fmt == "unpaired_preference":
+        if not isinstance(row["label"], bool):
+            raise DataFormatError(f"{where}: field 'label' must be true or false, got "
+                                  f"{row['label']!r}. Fix: label desirable completions true and "
+                                  f"undesirable ones false.")
+        out["label"] = row["label"]
+    return {**out, **_extra(row)}
+
+
 def _convert_standard(records: _Records, fmt: str, conversational: bool) -> list[dict[str, Any]]:
-    roles = {"prompt": "user", "completion": "assistant", "chosen": "assistant", "rejected": "assistant"}
-    columns = {"prompt_completion": ("prompt", "completion"), "preference": ("prompt", "chosen", "rejected"),
-               "prompt_only": ("prompt",), "unpaired_preference": ("prompt", "completion"),
-               "messages": ("messages",)}[fmt]
-    rows = []
-    for index, row in enumerate(records.rows):
-        where = records.where(index)
-        values = {column: _check_turns(row[column], column, where) for column in columns}
-        if fmt == "messages":
-            if isinstance(values["messages"], str) or not values["messages"]:
-                raise DataFormatError(f"{where}: field 'messages' must be a non-empty list of messages. Fix: "
-                                      f'give it as [{{"role": "user", "content": "..."}}, ...].')
-            rows.append({"messages": values["messages"], **_extra(row)})
-            continue
-        # TRL needs all the columns of a row to be strings or all conversational: wrap the strings when any
-        # column is conversational, or when asked to.
-        wrap = conversational or any(not isinstance(v, str) for v in values.values())
-        out = {column: _as_messages(value, roles[column], wrap) for column, value in values.items()}
-        if fmt == "preference":
-            _check_pair_differs(out["chosen"], out["rejected"], where)
-        if fmt == "unpaired_preference":
-            if not isinstance(row["label"], bool):
-                raise DataFormatError(f"{where}: field 'label' must be true or false, got "
-                                      f"{row['label']!r}. Fix: label desirable completions true and "
-                                      f"undesirable ones false.")
-            out["label"] = row["label"]
-        rows.append({**out, **_extra(row)})
-    return rows
+    return [_standard_row(row, fmt, records.where(index), conversational) for index, row in enumerate(records.rows)]
 
 
 def _convert_stepwise(records: _Records, conversational: bool) -> list[dict[str, Any]]:
@@ -630,6 +660,15 @@ def _convert_stepwise(records: _Records, conversational: bool) -> list[dict[str,
     return rows
 
 
+def _is_decisive(row: dict[str, Any], where: str) -> bool:
+    """Whether an Arena vote record is a preference pair (`DECISIVE_VOTES`); an unknown ``vote`` is an error."""
+    if row["vote"] not in VOTE_TYPES:
+        raise DataFormatError(f"{where}: field 'vote' is {row['vote']!r}, not an Arena vote. Fix: 'vote' must be "
+                              f"one of {', '.join(VOTE_TYPES)} (as `open_rlhf.arena.vote_record` writes it); correct "
+                              f"or drop the record.")
+    return row["vote"] in DECISIVE_VOTES
+
+
 def _decisive_votes(records: _Records) -> _Records:
     """The Arena votes of ``records`` whose ``vote`` is decisive (`DECISIVE_VOTES`), with their origins."""
     if not records.origins:  # a Hub dataset: number the rows as `_Records.where` does, before dropping some
@@ -638,11 +677,7 @@ def _decisive_votes(records: _Records) -> _Records:
     skipped = dict.fromkeys(VOTE_TYPES, 0)
     keep = []
     for index, row in enumerate(records.rows):
-        if row["vote"] not in VOTE_TYPES:
-            raise DataFormatError(f"{records.where(index)}: field 'vote' is {row['vote']!r}, not an Arena vote. "
-                                  f"Fix: 'vote' must be one of {', '.join(VOTE_TYPES)} (as "
-                                  f"`open_rlhf.arena.vote_record` writes it); correct or drop the record.")
-        if row["vote"] in DECISIVE_VOTES:
+        if _is_decisive(row, records.where(index)):
             keep.append(index)
         else:
             skipped[row["vote"]] += 1
@@ -997,3 +1032,311 @@ def load_splits(source: str, kind: str, eval_size: int | float, seed: int = 42, 
             "prompt": arithmetic.prompt_dataset, "stepwise": arithmetic.stepwise_dataset,
             "unpaired": lambda n, **kw: unpair(arithmetic.preference_dataset(n, **kw))}[kind]
     return train, make(n_eval, split="eval", exclude_size=size) if n_eval else None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Streaming: data larger than memory
+# ---------------------------------------------------------------------------------------------------------
+
+STREAMING_KINDS = ("sft", "preference", "unpaired")  # the `load_splits` kinds that `load_streaming_splits` reads
+STREAMING_SUFFIXES = (".jsonl", ".jsonl.gz", ".parquet")  # files read a record at a time
+# Pairs unpaired at a time (KTO from pairs): the chosen halves of a block, then its rejected halves, as TRL's
+# `unpair_preference_dataset` does with its batched map of 1000 rows. Two halves of one pair are then never side by
+# side, where KTO's KL estimate (completions rotated by one within a batch) would pair a prompt with its own answer.
+_UNPAIR_BLOCK = 1000
+_PARQUET_BATCH = 1024  # rows read from a parquet file at a time
+
+
+def _stream_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
+    """``(line number, parsed JSON)`` of each non-blank line of a ``.jsonl(.gz)`` file, read a line at a time; the
+    same errors as `_read_jsonl`, and the same partial last line skipped with a warning."""
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    # Bound here: a generator closed at interpreter exit may see module globals already cleared
+    gzip_errors = (EOFError, zlib.error, gzip.BadGzipFile)
+    number = 0
+    try:
+        with opener(path, "rb") as file:
+            for number, line in enumerate(file, start=1):  # splits on b"\n" only, as `_read_jsonl`
+                if number == 1 and line.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte-order mark
+                    line = line[3:]
+                if not line.strip():
+                    continue
+                partial = not line.endswith(b"\n")  # the last line, without its final newline
+                try:
+                    record = json.loads(line.decode("utf-8"))
+                except UnicodeDecodeError as err:
+                    if partial:
+                        _warn_partial_line(number, path)
+                        return
+                    raise DataFormatError(f"line {number} of {path} is not UTF-8 text (byte {err.start} of the "
+                                          f"line: {err.reason}). Fix: re-encode the file as UTF-8.") from err
+                except json.JSONDecodeError as err:
+                    if partial:
+                        _warn_partial_line(number, path)
+                        return
+                    raise DataFormatError(f"bad JSON on line {number} of {path}: {err.msg} (column {err.colno}). "
+                                          f"Fix: each line of a .jsonl file must be one complete JSON object.") from err
+                yield number, record  # outside the `try`: a generator closed at exit passes its except clauses
+    except gzip_errors as err:
+        raise DataFormatError(f"truncated or corrupt gzip file {path} (after line {number}): {err}. Fix: download or "
+                              f"compress the file again (`gzip -t {path}` checks it).") from err
+
+
+def _warn_partial_line(number: int, path: Path) -> None:
+    logger.warning("skipped line %d of %s: a partial line (no final newline, not valid JSON) left by an "
+                   "interrupted append, e.g. a server killed while writing", number, path)
+
+
+def _stream_parquet(path: Path) -> Iterator[tuple[int, Any]]:
+    """``(row number, row)`` of a parquet file, read `_PARQUET_BATCH` rows at a time."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    number = 0
+    try:
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=_PARQUET_BATCH):
+            for row in batch.to_pylist():
+                number += 1
+                yield number, row
+    except (pa.ArrowException, OSError) as err:
+        raise DataFormatError(f"cannot read parquet file {path} (after row {number}): {err}. Fix: the file is "
+                              f"truncated or not parquet; write it again (e.g. `Dataset.to_parquet`).") from err
+
+
+def _stream_files(source: str, split: str) -> list[Path] | None:
+    """The files of a local source to stream, in reading order; None for a Hub dataset id."""
+    path = Path(source).expanduser()
+    if path.is_dir():
+        files = _folder_files(path, split)
+    elif path.is_file():
+        files = [path]
+    elif _looks_local(source):
+        raise DataNotFoundError(f"no such data file or folder: {path}. Fix: check the path.")
+    else:
+        return None
+    whole = [p for p in files if not p.name.lower().endswith(STREAMING_SUFFIXES)]
+    if whole:
+        raise DataFormatError(f"{whole[0]} is one JSON document (a list of records), which is read whole, so it "
+                              f"cannot be streamed; --streaming reads {', '.join(STREAMING_SUFFIXES)} files a record "
+                              f"at a time. Fix: convert it to JSON Lines (`jq -c '.[]' {whole[0].name} > "
+                              f"{whole[0].name.split('.')[0]}.jsonl`), or drop --streaming.")
+    return files
+
+
+def _stream_records(source: str, split: str) -> Iterator[tuple[dict[str, Any], str]]:
+    """``(record, where)`` of every record of a source, one at a time, checked as `_read_records` checks them
+    (an object, the first record's fields and types); ``where`` names the file and line (or row)."""
+    files = _stream_files(source, split)
+    checker = _Consistency()
+    if files is None:  # a Hub dataset, in `datasets`' own streaming mode
+        name = f"hub dataset {source!r} (split {split!r})"
+        for number, row in enumerate(datasets.load_dataset(source, split=split, streaming=True), start=1):
+            where = f"record {number} of {name}"
+            checker.check(row, where)
+            yield row, where
+        return
+    for path in files:
+        is_jsonl = path.name.lower().endswith((".jsonl", ".jsonl.gz"))
+        unit, numbered = ("line", _stream_jsonl(path)) if is_jsonl else ("row", _stream_parquet(path))
+        count = 0
+        for number, row in numbered:
+            where = f"{unit} {number} of {path}"
+            if not isinstance(row, dict):
+                raise DataFormatError(f"{where} is a JSON {type(row).__name__}, not an object. Fix: every record "
+                                      f'must be an object such as {{"prompt": "...", "completion": "..."}}.')
+            checker.check(row, where)
+            count += 1
+            yield row, where
+        # An empty file is an error, as in `_read_file` (in a folder, a file holding only a partial line is not)
+        if not count and not (len(files) > 1 and is_jsonl and path.stat().st_size):
+            raise DataFormatError(f"{path} is empty: no records found. Fix: give a file with at least one record.")
+
+
+def _kind_error(name: str, fmt: str, kind: str) -> DataFormatError | None:
+    """The error of the in-memory stage loader for data of format ``fmt`` given to stage kind ``kind``."""
+    if kind == "sft" and fmt == "prompt_only":
+        return DataFormatError(f"{name} holds only prompts ({FORMATS['prompt_only']}); SFT needs completions. Fix: "
+                               f"use a dataset with columns {FORMATS['prompt_completion']} or messages.")
+    if kind == "preference" and fmt not in PAIR_FORMATS:
+        return DataFormatError(f"{name} is in the {fmt} format ({FORMATS[fmt]}), not preference pairs. Fix: use a "
+                               f"dataset with columns {FORMATS['preference']}, or hh-rlhf transcripts.")
+    if kind == "unpaired" and fmt not in (*PAIR_FORMATS, "unpaired_preference"):
+        return DataFormatError(f"{name} is in the {fmt} format ({FORMATS[fmt]}), not (un)paired preferences. Fix: "
+                               f"use columns {FORMATS['unpaired_preference']} or {FORMATS['preference']}.")
+    if fmt == "stepwise":
+        return DataFormatError(f"{name} is step-labelled data ({FORMATS['stepwise']}), which only the PRM stage "
+                               f"reads. Fix: give this stage {FORMATS['prompt_completion']} or preference data.")
+    return None
+
+
+@dataclass
+class _ExampleStream:
+    """A stage's examples read from a source one record at a time; each iteration re-reads the source from its
+    first record (so every pass gives the same examples in the same order).
+
+    The examples are those the in-memory stage loader gives, in the source's order: SFT rows for ``"sft"``,
+    preference pairs for ``"preference"``, and for ``"unpaired"`` native unpaired rows or, from a pair source
+    (``paired``), the pairs (unpaired later, after the held-out split).
+    """
+
+    source: str
+    split: str
+    kind: str
+    conversational: bool
+    name: str = ""
+    fmt: str = ""
+    paired: bool = False
+
+    def __post_init__(self):
+        self.name = str(Path(self.source).expanduser()) if _looks_local(self.source) else (
+            f"hub dataset {self.source!r} (split {self.split!r})")
+        first = next(_stream_records(self.source, self.split), None)
+        if first is None:
+            raise DataFormatError(f"{self.name} holds no complete record yet. Fix: give it at least one record.")
+        self.fmt = _detect(list(first[0]), first[0], self.name)
+        error = _kind_error(self.name, self.fmt, self.kind)
+        if error is not None:
+            raise error
+        self.paired = self.kind == "unpaired" and self.fmt in PAIR_FORMATS
+
+    def _convert(self, row: dict[str, Any], where: str) -> tuple[dict[str, Any] | None, str | None]:
+        """``(example, None)``, or ``(None, reason)`` for a record skipped as the in-memory loader skips it."""
+        if self.fmt in PAIR_FORMATS and "vote" in row and not _is_decisive(row, where):
+            return None, row["vote"]
+        if self.fmt == "hh_rlhf":
+            return _hh_row(row, where)
+        if self.fmt == "gsm8k":
+            return _gsm8k_row(row, where), None
+        if self.fmt == "implicit_preference":
+            return _implicit_row(row, where, self.conversational), None
+        return _standard_row(row, self.fmt, where, self.conversational), None
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        skipped: dict[str, int] = {}
+        count = 0
+        for row, where in _stream_records(self.source, self.split):
+            example, reason = self._convert(row, where)
+            if example is None:
+                skipped[reason] = skipped.get(reason, 0) + 1
+                continue
+            if self.kind == "sft" and self.fmt in PAIR_FORMATS:
+                example = {"prompt": example["prompt"], "completion": example["chosen"], **_extra(example)}
+            elif self.kind == "sft" and self.fmt == "unpaired_preference":
+                if not example["label"]:
+                    continue
+                example = {"prompt": example["prompt"], "completion": example["completion"], **_extra(example)}
+            count += 1
+            yield example
+        # Reached only when a pass ends (not when the caller stops early): the counts of the whole pass
+        _warn_hh_skipped(self.name, skipped)
+        if skipped.get("tie") or skipped.get("both_bad"):
+            logger.info("%s: skipped %d ties and %d both-bad Arena votes (not preference pairs)", self.name,
+                        skipped.get("tie", 0), skipped.get("both_bad", 0))
+        if not count:
+            raise DataFormatError(f"{self.name}: no usable records left after conversion. Fix: check the warnings "
+                                  f"above for the records that were skipped.")
+
+
+def _unpair_blocks(pairs: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """Pairs -> unpaired examples, `_UNPAIR_BLOCK` pairs at a time: the block's chosen halves (``label=True``),
+    then its rejected halves (``label=False``), other columns kept (as `unpair`)."""
+    while block := list(itertools.islice(pairs, _UNPAIR_BLOCK)):
+        for label, column in ((True, "chosen"), (False, "rejected")):
+            for pair in block:
+                rest = {k: v for k, v in pair.items() if k not in ("chosen", "rejected")}
+                yield {**rest, "completion": pair[column], "label": label}
+
+
+def _training_stream(stream: _ExampleStream, skip: int, max_samples: int | None) -> Iterator[dict[str, Any]]:
+    """The training examples, endlessly: every pass over the source skips its first ``skip`` examples (the
+    held-out ones) and gives at most ``max_samples``, then the next pass starts over."""
+    passes = 0
+    while True:
+        examples = itertools.islice(iter(stream), skip, None)
+        if stream.paired:
+            cap = None if max_samples is None else -(-max_samples // 2)  # pairs enough for max_samples examples
+            examples = _unpair_blocks(itertools.islice(examples, cap))
+        count = 0
+        for example in itertools.islice(examples, max_samples):
+            count += 1
+            yield example
+        if not count:
+            raise DataFormatError(f"{stream.name}: no training examples after the {skip} held-out ones "
+                                  f"(--eval_size). Fix: use a smaller --eval_size or more data.")
+        passes += 1
+        logger.info("streaming: pass %d over %s done (%d training examples); starting pass %d", passes, stream.name,
+                    count, passes + 1)
+
+
+def load_streaming_splits(source: str, kind: str, eval_size: int | float, max_samples: int | None = None,
+                          split: str = "train", conversational: bool = True) -> tuple[IterableDataset, Dataset | None]:
+    """Train and eval sets of one stage for data larger than memory: the training set streams from the source.
+
+    The source (a ``.jsonl``, ``.jsonl.gz`` or ``.parquet`` file, a folder of them as `load_records` reads a folder,
+    or a Hub dataset id in `datasets`' streaming mode) is read one record at a time (a parquet file
+    `_PARQUET_BATCH` rows at a time), with the format detection, conversion and errors of the in-memory loaders
+    (`load_splits`): a bad record raises when the stream reaches it, naming its file and line (or row), even in
+    the middle of training.
+
+    Held-out split: the first ``eval_size`` examples of the source (after conversion; pairs for
+    ``kind="unpaired"`` from pairs, as in `load_splits`), held in memory as a `datasets.Dataset`; training skips
+    them on every pass. So the two sets are disjoint by position, and the split depends only on the source and
+    ``eval_size``: it is the same in every run and every resume, and it costs no pass over the data. A split by a
+    hash of each record would spread the eval set over the whole source, but collecting it would read the whole
+    source before the first step (or scan it at every evaluation), and its size would only be approximate. The
+    price of the first-rows split: a source sorted by topic or date gives an eval set from its start only;
+    shuffle such a file once (``shuf data.jsonl > shuffled.jsonl``) before streaming it.
+
+    Training order: the source's own order (no shuffle: a shuffle needs the data in memory, or a buffer that
+    makes a resume depend on it), endlessly: after the last example the next pass starts again after the held-out
+    examples, so ``max_steps`` decides the length of training and the Trainer sees one endless epoch. That is what
+    makes a resume exact: transformers' `Trainer` resumes an `IterableDataset` by skipping the batches of the
+    steps already trained (``ignore_data_skip=False``, the default; the skipped rows are read and tokenised again,
+    not trained on), and its skip count is right only within its first epoch.
+
+    Args:
+        source (`str`): a ``.jsonl``, ``.jsonl.gz`` or ``.parquet`` file, a folder of them, or a Hub dataset id.
+        kind (`str`): ``"sft"``, ``"preference"`` or ``"unpaired"`` (KTO; pairs are unpaired after the split,
+            `_UNPAIR_BLOCK` pairs at a time as `unpair` does).
+        eval_size (`int`): held-out examples, a count (>= 0; a whole float such as ``64.0`` counts); 0 gives no
+            eval set (None). For ``"unpaired"`` from pairs it counts pairs (twice as many examples).
+        max_samples (`int`, *optional*): train on the first ``max_samples`` training examples only (unpaired
+            examples for ``"unpaired"``), repeated.
+        split (`str`): the Hub split, and the file-name filter of a folder (see `load_records`).
+        conversational (`bool`): wrap string prompts/completions as conversations.
+
+    Returns:
+        `tuple[datasets.IterableDataset, datasets.Dataset | None]`: ``(train, eval)``; ``train`` has no length and
+        never ends; eval is None for ``eval_size=0``.
+
+    Raises:
+        ConfigError: for ``"builtin"`` (generated in memory: drop --streaming), a kind other than
+            `STREAMING_KINDS`, an ``eval_size`` that is a fraction (a stream's length is unknown) or negative, or
+            leaves no training example, or a bad ``max_samples``.
+        DataFormatError: for a ``.json`` file (one document, read whole: convert it to JSON Lines), data of the
+            wrong format for ``kind``, or a bad record, with its file and line (raised when the stream reaches it).
+        DataNotFoundError: for a missing local file (a `FileNotFoundError`).
+    """
+    if _is_builtin(source):
+        raise ConfigError(f"--streaming reads data files; {source!r} is the built-in task, generated in memory. Fix: "
+                          "drop --streaming, or give a .jsonl, .jsonl.gz or .parquet file.")
+    if kind not in STREAMING_KINDS:
+        raise ConfigError(f"--streaming: the {kind!r} data kind cannot be streamed; streaming reads the kinds "
+                          f"{', '.join(STREAMING_KINDS)} (SFT, reward, DPO, KTO). Fix: drop --streaming.")
+    amount = _eval_amount(eval_size)
+    if isinstance(amount, float):
+        raise ConfigError(f"--eval_size {eval_size} is a fraction, but the length of a stream is unknown until it is "
+                          f"read. Fix: with --streaming give --eval_size as a count of examples (e.g. 64), or 0.")
+    if max_samples is not None and max_samples <= 0:
+        raise ConfigError(f"max_samples must be a positive number of examples or None, got {max_samples}")
+    stream = _ExampleStream(source, split, kind, conversational)
+    held_out = list(itertools.islice(iter(stream), amount + 1))
+    if len(held_out) <= amount:
+        raise ConfigError(f"--eval_size {amount} leaves no training data from the {len(held_out)} examples of "
+                          f"{stream.name}. Fix: use a smaller --eval_size or more data.")
+    evaluation = _to_dataset(held_out[:amount], stream.name) if amount else None
+    if evaluation is not None and stream.paired:
+        evaluation = unpair(evaluation)
+    train = IterableDataset.from_generator(_training_stream,
+                                           gen_kwargs={"stream": stream, "skip": amount, "max_samples": max_samples})
+    return train, evaluation

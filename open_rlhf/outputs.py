@@ -9,6 +9,9 @@ once it is completely written (`open_rlhf.atomic.publish_entries`), and the mark
 from __future__ import annotations
 
 import json
+import logging
+import os
+import re
 import shutil
 import time
 from collections.abc import Callable
@@ -20,6 +23,10 @@ from open_rlhf.memory import peak_memory
 
 COMPLETE_MARKER = "training_complete.json"
 FINAL_TMP = ".final.tmp"  # where a distributed run writes its final model before it is published
+INCOMPLETE_PREFIX = "incomplete-"  # a half-written checkpoint-N is renamed incomplete-checkpoint-N[-k]
+_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")  # transformers.trainer_utils' pattern
+
+logger = logging.getLogger(__name__)
 
 
 def is_complete(output_dir: str | Path) -> bool:
@@ -31,7 +38,8 @@ def prepare_output_dir(output_dir: str | Path) -> str | None:
     """Check ``output_dir`` before training and return the checkpoint to resume from, if any.
 
     Returns:
-        `str | None`: the last ``checkpoint-N`` folder (via `transformers.trainer_utils.get_last_checkpoint`).
+        `str | None`: the last ``checkpoint-N`` folder (via `transformers.trainer_utils.get_last_checkpoint`),
+        after every half-written one was moved aside to ``incomplete-checkpoint-N`` with a warning.
 
     Raises:
         OutputDirError: when ``output_dir`` already holds a finished stage; nothing is overwritten. Pick another
@@ -47,7 +55,82 @@ def prepare_output_dir(output_dir: str | Path) -> str | None:
         )
     if not output_dir.is_dir():
         return None
+    _move_aside_invalid_checkpoints(output_dir)
     return get_last_checkpoint(str(output_dir))
+
+
+def _checkpoint_is_valid(folder: Path, step: int) -> bool:
+    """Whether ``checkpoint-<step>`` was completely written: its ``trainer_state.json`` parses and names ``step``.
+
+    Both transformers' ``Trainer._save_checkpoint`` and our PPO trainer write ``trainer_state.json`` last (after
+    the weights, optimizer, scheduler and RNG states), so its presence marks a finished save. transformers 5.23
+    writes straight into ``checkpoint-N/``: a kill during the save leaves a folder that `get_last_checkpoint`
+    would pick, and ``Trainer.train`` would then silently restart at step 0 (no trainer state) with missing
+    optimizer state.
+    """
+    try:
+        state = json.loads((folder / "trainer_state.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(state, dict) and state.get("global_step") == step
+
+
+def _checkpoints(output_dir: Path) -> list[tuple[int, Path]]:
+    found = []
+    for entry in output_dir.iterdir():
+        match = _CHECKPOINT.match(entry.name)
+        if match and entry.is_dir():
+            found.append((int(match.group(1)), entry))
+    return sorted(found)
+
+
+def valid_checkpoints(output_dir: str | Path) -> list[int]:
+    """The steps of the completely written ``checkpoint-N`` folders of ``output_dir``, in order."""
+    return [step for step, folder in _checkpoints(Path(output_dir)) if _checkpoint_is_valid(folder, step)]
+
+
+def invalid_checkpoints(output_dir: str | Path) -> list[Path]:
+    """The half-written ``checkpoint-N`` folders of ``output_dir`` (a save that was killed)."""
+    return [folder for step, folder in _checkpoints(Path(output_dir)) if not _checkpoint_is_valid(folder, step)]
+
+
+def _move_aside_invalid_checkpoints(output_dir: Path) -> None:
+    """Rename every half-written ``checkpoint-N`` to ``incomplete-checkpoint-N`` (never deleted), with a warning,
+    so that neither the resume nor transformers' checkpoint rotation (``checkpoint-*``) picks it up.
+    Only the main process renames; every process then sees the same valid checkpoints."""
+    from accelerate import PartialState
+
+    state = PartialState()
+    if state.is_main_process:
+        for folder in invalid_checkpoints(output_dir):
+            target = folder.with_name(INCOMPLETE_PREFIX + folder.name)
+            n = 1
+            while target.exists():
+                n += 1
+                target = folder.with_name(f"{INCOMPLETE_PREFIX}{folder.name}-{n}")
+            os.replace(folder, target)
+            logger.warning("%s was not completely written (no valid trainer_state.json: the save was interrupted); "
+                           "moved aside to %s and not resumed from. Delete it once you no longer need it.",
+                           folder, target.name)
+    state.wait_for_everyone()
+
+
+def restore_token_count(trainer, checkpoint: str | None) -> None:
+    """Restore the running token count that TRL's SFT and DPO trainers log as ``num_tokens``, after a resume.
+
+    TRL 1.16's `SFTTrainer` and `DPOTrainer` keep it in ``trainer._total_train_tokens``, which no checkpoint holds:
+    resumed, the count restarts at 0 and the logged ``num_tokens`` no longer matches an uninterrupted run
+    (found by ``scripts/chaos_resume.py``). It is set to the last value the checkpoint's ``log_history`` logged at
+    or before its step: exact when ``save_steps`` is a multiple of ``logging_steps`` (every preset), else short by
+    the tokens of the steps since that log. GRPO logs ``state.num_input_tokens_seen``, which is restored already.
+    """
+    if checkpoint is None or not hasattr(trainer, "_total_train_tokens"):
+        return
+    state = json.loads((Path(checkpoint) / "trainer_state.json").read_text())
+    logged = [h["num_tokens"] for h in state.get("log_history", [])
+              if "num_tokens" in h and h.get("step", 0) <= state.get("global_step", 0)]
+    if logged:
+        trainer._total_train_tokens = int(logged[-1])
 
 
 def save_final(output_dir: str | Path, save_fn: Callable[[Path], None], info: dict) -> None:

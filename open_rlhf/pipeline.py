@@ -116,6 +116,13 @@ class PipelineArguments:
     sft_args: str = field(default="", metadata={"help": "Extra CLI flags for train_sft.py, e.g. '--max_steps 2'."})
     reward_args: str = field(default="", metadata={"help": "Extra CLI flags for train_reward.py."})
     method_args: str = field(default="", metadata={"help": "Extra CLI flags for the method's stage script."})
+    report_to: str | None = field(
+        default=None,
+        metadata={"help": "Experiment tracking of every stage: tensorboard, trackio or 'tensorboard,trackio' (passed as "
+                          "--report_to; trackio logs locally to <run_dir>/trackio unless TRACKIO_DIR is set). The "
+                          "report links the event folders."})
+    skip_disk_check: bool = field(
+        default=False, metadata={"help": "Skip the free-disk check before the pipeline and each stage (open_rlhf.disk)."})
     # Evaluation
     evaluate: bool = field(default=True, metadata={"help": "Evaluate and write the report after training."})
     eval_prompts: int = field(default=64, metadata={"help": "Held-out prompts for accuracy / reward / KL."})
@@ -236,7 +243,8 @@ def stage_plan(args: PipelineArguments, state: dict | None = None) -> list[tuple
 
     def cmd(script, config, dataset, out, extra, *more):
         return py + [str(REPO_ROOT / "scripts" / script), "--config", config, "--dataset_name", dataset,
-                     "--output_dir", str(run / out), "--split_seed", str(args.split_seed), *more, *shlex.split(extra)]
+                     "--output_dir", str(run / out), "--split_seed", str(args.split_seed), *more,
+                     *tracking_flags(args, script, out), *shlex.split(extra)]
 
     plan = []
     if not args.sft_model_path:
@@ -263,6 +271,54 @@ def stage_plan(args: PipelineArguments, state: dict | None = None) -> list[tuple
     plan.append((args.method, cmd(method.script, config, args.rl_dataset, args.method, args.method_args, *sft_path,
                                   *more, "--reward", spec, "--eval_size", str(args.eval_prompts))))
     return plan
+
+
+def tracking_flags(args: PipelineArguments, script: str, stage: str) -> list[str]:
+    """``--report_to`` (and for trackio the project and run names) of one stage; before the stage's extra flags,
+    so that those win. The round-based methods pass them to every round's stage through ``--stage_args``."""
+    if not args.report_to or args.report_to == "none":
+        return []
+    flags = ["--report_to", args.report_to]
+    if "trackio" in args.report_to:
+        flags += ["--project", f"open-rlhf-{args.run_name}", "--run_name", stage]
+    if script == "train_iterative.py":
+        return ["--stage_args", shlex.join(flags)]
+    return flags
+
+
+def check_disk(args: PipelineArguments, state: dict | None = None) -> None:
+    """Before any stage trains: free disk at ``<run_dir>`` against the stages still to run (`open_rlhf.disk`).
+
+    Each unfinished stage counts its final model and the checkpoints its preset keeps (``save_total_limit``), the
+    largest one extra checkpoint (rotation writes the new one before it deletes the old), plus a margin once.
+    Skipped when the starting model is not a local folder (a hub id: its size is unknown here).
+
+    Raises:
+        DiskSpaceError: naming the folder, the free and the needed GB, and ``--skip_disk_check``.
+    """
+    import yaml
+
+    from open_rlhf import disk
+
+    if args.skip_disk_check:
+        return
+    params = disk.count_parameters(base_model(args))
+    if params is None:
+        return
+    stages = []
+    for name, command in stage_plan(args, state):
+        if outputs.is_complete(args.run_dir / name):
+            continue
+        config_path = Path(command[command.index("--config") + 1])
+        config_path = config_path if config_path.is_absolute() or config_path.is_file() else REPO_ROOT / config_path
+        preset = (yaml.safe_load(config_path.read_text()) or {}) if config_path.is_file() else {}
+        value_model = Path(command[1]).name == "train_ppo.py" and preset.get("advantage_estimator", "gae") == "gae"
+        kept = disk.checkpoints_on_disk(preset.get("save_strategy", "steps"), preset.get("save_total_limit"),
+                                        preset.get("save_steps", 500), preset.get("max_steps", -1))
+        stages.append((2 if value_model else 1, kept))
+    if stages:
+        disk.check_free_disk(args.run_dir, disk.estimate_pipeline_bytes(params, stages),
+                             f"the pipeline's {len(stages)} remaining stage(s)", override="pass --skip_disk_check")
 
 
 def _run_stage(name: str, command: list[str], out_dir: Path) -> float:
@@ -389,6 +445,14 @@ def run_pipeline(args: PipelineArguments) -> Path:
     state_path = run / "pipeline_state.json"
     pipeline_start = time.perf_counter()
     check_gate_tasks(args)
+    if args.skip_disk_check:
+        from open_rlhf.disk import SKIP_ENV
+
+        os.environ[SKIP_ENV] = "1"  # the stages inherit it
+    else:
+        check_disk(args, json.loads(state_path.read_text()) if state_path.is_file() else None)
+    if args.report_to and "trackio" in args.report_to:
+        os.environ.setdefault("TRACKIO_DIR", str((run / "trackio").absolute()))  # local, inside the run
     state = train_stages(args)
     if not args.evaluate:
         state["last_session_seconds"] = time.perf_counter() - pipeline_start

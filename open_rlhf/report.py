@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import matplotlib
@@ -209,6 +210,35 @@ def gate_section(state: dict) -> list[str]:
     return lines
 
 
+def tracking_dirs(run_dir: Path, stage_names: list[str]) -> dict[str, list[Path]]:
+    """Per stage, the folders under ``<run_dir>/<stage>/`` that hold TensorBoard event files (``report_to``)."""
+    found = {}
+    for name in stage_names:
+        folders = sorted({p.parent for p in (run_dir / name).glob("**/events.out.tfevents*")})
+        if folders:
+            found[name] = folders
+    return found
+
+
+def tracking_section(args, stage_names: list[str]) -> list[str]:
+    """Links to the stages' TensorBoard event folders and the trackio database (``--report_to``), or nothing."""
+    report_to = getattr(args, "report_to", None) or ""
+    found = tracking_dirs(args.run_dir, stage_names)
+    if not found and "trackio" not in report_to:
+        return []
+    lines = ["## Experiment tracking", ""]
+    for name, folders in found.items():
+        links = ", ".join(f"[{f.relative_to(args.run_dir)}]({f.relative_to(args.run_dir)})" for f in folders)
+        lines.append(f"- {name}: TensorBoard events in {links}")
+    if found:
+        lines.append(f"- `tensorboard --logdir {args.run_dir}` shows every stage.")
+    if "trackio" in report_to:
+        where = os.environ.get("TRACKIO_DIR", str(args.run_dir / "trackio"))
+        lines.append(f"- trackio: project `open-rlhf-{args.run_name}` (one run per stage) in `{where}`; "
+                     f"`TRACKIO_DIR={where} trackio show --project open-rlhf-{args.run_name}`.")
+    return lines + [""]
+
+
 def write_report(args, stage_names: list[str]) -> Path:
     """Write ``<run_dir>/report.md`` and its PNG plots from the stage outputs and ``eval/results.json``.
 
@@ -238,6 +268,7 @@ def write_report(args, stage_names: list[str]) -> Path:
     lines.append(f"| evaluation | {_fmt(results.get('wall_seconds'), '.0f')} | | | |")
     total += results.get("wall_seconds") or 0.0
     lines += ["", f"Total wall time of stages + evaluation: **{total / 60:.1f} min**.", ""]
+    lines += tracking_section(args, names)
     lines += ["![training curves](training_curves.png)", ""]
     lines += gate_section(state)
 

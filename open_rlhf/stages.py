@@ -12,7 +12,8 @@ What `run_stage` does, for every stage:
 3. seed (before any model is built: a new reward or value head is randomly initialised);
 4. model(s) and tokenizer; the fused RMSNorm when asked (``--use_fused_rmsnorm``);
 5. the reward functions of an RL stage (``--reward``, `open_rlhf.rewards.build_reward_functions`);
-6. data: the train/eval split of ``--dataset_name`` for the stage's data kind (`open_rlhf.data.load_splits`);
+6. data: the train/eval split of ``--dataset_name`` for the stage's data kind (`open_rlhf.data.load_splits`;
+   with ``--streaming``, a stream and its first ``eval_size`` examples, `open_rlhf.data.load_streaming_splits`);
 7. the trainer, with a progress bar that names the stage and shows the loss, and with ``--ewc_lambda`` the EWC
    penalty anchored at the input policy (`open_rlhf.trainers.ewc`); ``train`` (resuming);
 8. the final model saved atomically behind the completion marker (`open_rlhf.outputs.save_final`).
@@ -25,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from open_rlhf import data, models, outputs, rewards
+from open_rlhf import data, disk, models, outputs, rewards
 from open_rlhf.config import (
     DPOConfig,
     GRPOConfig,
@@ -321,6 +322,30 @@ def _monte_carlo_labels(training_args, model_path: str, train_dataset, eval_data
     return labelled[0], labelled[1]
 
 
+STREAMING_STAGES = ("sft", "reward", "dpo", "kto")  # the stages whose TRL trainer trains on an IterableDataset
+
+
+def check_streaming(name: str, script_args: ScriptArguments, training_args) -> bool:
+    """Whether the stage streams its training data (``--streaming``, or TRL's ``--dataset_streaming``), checked
+    before anything is loaded.
+
+    Raises:
+        ConfigError: with streaming, for a stage not in `STREAMING_STAGES`, or without ``--max_steps`` (a stream
+            has no length, so the Trainer cannot count epochs).
+    """
+    from open_rlhf.errors import ConfigError
+
+    if not (script_args.streaming or getattr(script_args, "dataset_streaming", False)):
+        return False
+    if name not in STREAMING_STAGES:
+        raise ConfigError(f"--streaming: the {name} stage cannot stream its data; the stages that can are "
+                          f"{', '.join(STREAMING_STAGES)}. Fix: drop --streaming.")
+    if training_args.max_steps is None or training_args.max_steps <= 0:
+        raise ConfigError("--streaming needs --max_steps: a stream has no length, so training runs for --max_steps "
+                          "optimizer steps (the stream starts over when it ends). Fix: add e.g. --max_steps 1000.")
+    return True
+
+
 def run_stage(name: str, script_args: ScriptArguments, training_args, model_args) -> None:
     """Train one stage end to end (see the module docstring for the steps).
 
@@ -337,6 +362,7 @@ def run_stage(name: str, script_args: ScriptArguments, training_args, model_args
 
     spec = STAGES[name]
     setup_logging(training_args)
+    streaming = check_streaming(name, script_args, training_args)
     if training_args.should_log and hasattr(training_args, "precision_line"):
         logger.info("%s: %s", name, training_args.precision_line)
 
@@ -350,6 +376,8 @@ def run_stage(name: str, script_args: ScriptArguments, training_args, model_args
         for key in ("model", "ref_model", "value_model"):
             if loaded.get(key) is not None:
                 models.use_fused_rmsnorm(loaded[key])
+    disk.check_stage_disk(name, training_args, [loaded["model"], loaded.get("value_model")],
+                          use_peft=getattr(model_args, "use_peft", False))
 
     # Rewards (RL stages)
     reward_spec = reward_spec_of(spec, training_args)
@@ -358,9 +386,14 @@ def run_stage(name: str, script_args: ScriptArguments, training_args, model_args
         training_args.reward_weights = reward.weights  # TRL logs each term; the spec's weights sum them
 
     # Data (the RL stages' eval split is held out for the pipeline's final evaluation, not trained on)
-    train_dataset, eval_dataset = data.load_splits(
-        script_args.dataset_name, spec.data_kind, eval_size=script_args.eval_size, seed=script_args.split_seed,
-        max_samples=script_args.max_train_samples)
+    if streaming:  # an IterableDataset that never ends (max_steps decides) and the first eval_size examples
+        train_dataset, eval_dataset = data.load_streaming_splits(
+            script_args.dataset_name, spec.data_kind, eval_size=script_args.eval_size,
+            max_samples=script_args.max_train_samples)
+    else:
+        train_dataset, eval_dataset = data.load_splits(
+            script_args.dataset_name, spec.data_kind, eval_size=script_args.eval_size, seed=script_args.split_seed,
+            max_samples=script_args.max_train_samples)
     if reward is not None:
         rewards.check_columns(reward, train_dataset.column_names, script_args.dataset_name)
     if spec.data_kind == "stepwise" and "labels" not in train_dataset.column_names:
@@ -371,11 +404,14 @@ def run_stage(name: str, script_args: ScriptArguments, training_args, model_args
     trainer = _build_trainer(spec, loaded, training_args, model_args, train_dataset, eval_dataset, reward)
     if script_args.curve_every:
         trainer.callback_handler.add_callback(_curve_callback(spec, script_args, training_args, loaded, eval_dataset))
+    outputs.restore_token_count(trainer, last_checkpoint)  # TRL does not checkpoint SFT/DPO's num_tokens
     trainer.train(resume_from_checkpoint=last_checkpoint)
 
     # Save
     info = {"stage": name, "model": loaded["model_path"], "dataset": script_args.dataset_name,
-            "train_examples": len(train_dataset)}
+            "train_examples": None if streaming else len(train_dataset)}
+    if streaming:
+        info["streaming"] = True
     if reward_spec:
         info["reward"] = reward_spec
     if spec.evaluate_at_end and eval_dataset is not None:
