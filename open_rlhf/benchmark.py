@@ -16,6 +16,15 @@ import torch
 from open_rlhf.atomic import append_csv
 from open_rlhf.hardware import describe_cpu
 
+# Five everyday chat prompts of the chat and serving benchmarks (scripts/bench_chat.py, scripts/bench_serve.py)
+CHAT_PROMPTS = (
+    "What is the capital of France?",
+    "Give me three tips for staying focused while studying.",
+    "Explain in two sentences why the sky is blue.",
+    "Write a haiku about autumn leaves.",
+    "What is 17 + 25? Explain your steps.",
+)
+
 
 def matmul_gflops(dtype: torch.dtype = torch.float32, n: int = 2048, repeats: int = 5) -> float:
     """Measured dense matmul throughput of this machine (``(n, n) @ (n, n)``, best of ``repeats``), GFLOP/s.

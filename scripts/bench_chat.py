@@ -19,15 +19,9 @@ import torch
 from trl import TrlParser
 
 from open_rlhf import chat
-from open_rlhf.benchmark import report
+from open_rlhf.benchmark import CHAT_PROMPTS, report
 
-PROMPTS = [
-    "What is the capital of France?",
-    "Give me three tips for staying focused while studying.",
-    "Explain in two sentences why the sky is blue.",
-    "Write a haiku about autumn leaves.",
-    "What is 17 + 25? Explain your steps.",
-]
+PROMPTS = list(CHAT_PROMPTS)
 
 
 @dataclass
