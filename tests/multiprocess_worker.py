@@ -2,6 +2,8 @@
 
     python tests/multiprocess_worker.py OUT TINY_MODEL_DIR GLOBAL_BATCH              # one process
     accelerate launch --config_file config/accelerate/multi_cpu.yaml tests/multiprocess_worker.py OUT TINY GLOBAL_BATCH
+    accelerate launch --config_file config/accelerate/fsdp.yaml --mixed_precision no \
+        tests/multiprocess_worker.py OUT TINY GLOBAL_BATCH fsdp                   # PPO and REINFORCE++ only, FSDP2
 
 Every run uses the same global batch (GLOBAL_BATCH sequences per optimizer step), so each process takes
 GLOBAL_BATCH / N. Writes, per stage, the final weights (rank 0) and ``<stage>-rank<r>.json`` with what each rank
@@ -28,6 +30,27 @@ from open_rlhf.trainers.ppo import PPOConfig, PPOTrainer  # noqa: E402
 STEPS = 3
 
 
+def force_fsdp_on_cpu() -> None:
+    """Turn this CPU run's accelerate state into FSDP (the plugin from the ``FSDP_*`` variables that ``accelerate
+    launch --config_file config/accelerate/fsdp.yaml`` sets).
+
+    Test-only: accelerate 1.15 enables FSDP only on accelerator devices (``AcceleratorState.__init__`` sets
+    ``DistributedType.FSDP`` inside its CUDA/XPU/NPU/... branch), so on a CPU-only machine the processes join as
+    ``MULTI_CPU`` (DDP over gloo). torch 2.13's ``fully_shard`` itself works on a CPU device mesh over gloo, so
+    after the state exists we switch it to FSDP; from there on `PPOTrainer`'s code path is the GPU one
+    (``accelerator.prepare`` shards with ``fully_shard``, the reference goes through TRL's ``prepare_fsdp``).
+    Called after `PPOConfig` (its ``__post_init__`` resets the shared state).
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+    state = Accelerator(cpu=True).state
+    assert state.distributed_type == DistributedType.MULTI_CPU, state.distributed_type
+    plugin = FullyShardedDataParallelPlugin()  # reads the FSDP_* variables (fsdp_version 2, ...)
+    PartialState().distributed_type = state.distributed_type = DistributedType.FSDP
+    state.fsdp_plugin = plugin
+
+
 def dump(out: Path, name: str, record: dict) -> None:
     state = PartialState()
     (out / f"{name}-rank{state.process_index}.json").write_text(json.dumps(record, indent=1))
@@ -47,7 +70,7 @@ def run_trl_stage(stage: str, out: Path, tiny: str, per_device: int) -> None:
                       "learning_rate": [h["learning_rate"] for h in history if "learning_rate" in h]})
 
 
-def run_ppo(out: Path, tiny: str, global_batch: int, estimator: str) -> None:
+def run_ppo(out: Path, tiny: str, global_batch: int, estimator: str, fsdp: bool = False) -> None:
     """PPO (GAE) or REINFORCE++ with adaptive KL and reward whitening (both reduce over the global batch), two
     micro-batches per optimizer step (gradient accumulation: the all-reduce happens on the second only)."""
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
@@ -73,12 +96,15 @@ def run_ppo(out: Path, tiny: str, global_batch: int, estimator: str) -> None:
                      response_length=6, learning_rate=3e-3, lr_scheduler_type="linear", adaptive_kl=True,
                      kl_coef=0.05, target_kl=0.01, kl_horizon=100, whiten_rewards=True, advantage_estimator=estimator,
                      save_strategy="no", report_to="none", num_sample_generations=0, seed=0, bf16=False)
+    if fsdp:
+        force_fsdp_on_cpu()
     trainer = PPOTrainer(args, tokenizer, policy, ref, target_reward, value, prompts(32))
+    sharded = [type(p).__name__ == "DTensor" for p in trainer.wrapper.parameters()]
 
     # Instrumentation, not behaviour: which backward passes trigger DDP's gradient all-reduce (a comm hook sees
     # every bucket reduction); with no_sync only the last micro-batch of each minibatch may.
     backward_calls, reduced_in = [0], []
-    if state.num_processes > 1:
+    if state.num_processes > 1 and not fsdp:
         from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 
         def counting_hook(process_group, bucket):
@@ -99,7 +125,9 @@ def run_ppo(out: Path, tiny: str, global_batch: int, estimator: str) -> None:
             "learning_rate")
     dump(out, name, {**{k: [h[k] for h in history if k in h] for k in keys},
                      "final_kl_coef": trainer.kl_ctl.value, "final_learning_rate": trainer.lr_scheduler.get_last_lr()[0],
-                     "backward_calls": backward_calls[0], "all_reduce_in_backward": sorted(set(reduced_in))})
+                     "backward_calls": backward_calls[0], "all_reduce_in_backward": sorted(set(reduced_in)),
+                     "distributed_type": str(trainer.accelerator.distributed_type),
+                     "sharded_parameters": sum(sharded), "parameters": len(sharded)})
 
 
 def too_small_dataset(out: Path, tiny: str) -> None:
@@ -120,12 +148,16 @@ def too_small_dataset(out: Path, tiny: str) -> None:
     dump(out, "small", {"error": message})
 
 
-def main(out: str, tiny: str, global_batch: str) -> None:
+def main(out: str, tiny: str, global_batch: str, mode: str = "all") -> None:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     global_batch = int(global_batch)
     # cpu=True: without it, a CPU-only machine's first PartialState would be a single process (no gloo group)
     per_device = global_batch // PartialState(cpu=True).num_processes
+    if mode == "fsdp":
+        run_ppo(out, tiny, global_batch, "gae", fsdp=True)
+        run_ppo(out, tiny, global_batch, "reinforce_pp", fsdp=True)
+        return
     run_trl_stage("sft", out, tiny, per_device)
     run_trl_stage("dpo", out, tiny, per_device)
     run_ppo(out, tiny, global_batch, "gae")

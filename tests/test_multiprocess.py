@@ -4,6 +4,11 @@
 Tolerances: the two runs see the same examples in the same optimizer steps; only the floating-point summation
 order differs (per-process partial sums, gloo's all-reduce), so losses agree to 1e-5 relative and weights to
 1e-5 absolute, against updates of 2e-3 (SFT, DPO: AdamW at lr 1e-3 for 3 steps) to 1e-2 (PPO).
+
+FSDP2 (``config/accelerate/fsdp.yaml``, ``fsdp_version: 2``): PPO and REINFORCE++ with every parameter sharded over
+the 2 processes (``fully_shard`` on a CPU mesh over gloo) train as the single process too. accelerate 1.15 enables
+FSDP only on accelerator devices, so the worker switches its CPU state to FSDP (`multiprocess_worker.force_fsdp_on_cpu`);
+everything after that (sharding, gathered generation, the sharded reference, the gathered save) is the GPU path.
 """
 
 from __future__ import annotations
@@ -102,3 +107,35 @@ def test_a_dataset_smaller_than_the_global_rollout_batch_says_what_to_change(run
     for rank in (0, 1):
         error = record(runs[2], "small", rank)["error"]
         assert error.startswith("ConfigError") and "2 processes" in error and "Fix:" in error
+
+
+@pytest.fixture(scope="module")
+def fsdp_run(tmp_path_factory, tiny_model_dir) -> Path:
+    """PPO and REINFORCE++ on 2 processes under FSDP2 (``config/accelerate/fsdp.yaml`` with mixed precision off)."""
+    root = tmp_path_factory.mktemp("fsdp")
+    accelerate = Path(sys.executable).with_name("accelerate")
+    _run([str(accelerate), "launch", "--config_file", str(REPO / "config/accelerate/fsdp.yaml"), "--num_processes", "2",
+          "--mixed_precision", "no", "--main_process_port", str(_free_port()), str(WORKER), str(root / "fsdp"),
+          str(tiny_model_dir), str(GLOBAL_BATCH), "fsdp"], root / "fsdp.log")
+    return root / "fsdp"
+
+
+@pytest.mark.parametrize("stage", ["ppo", "reinforce_pp"])
+def test_fsdp2_shards_and_trains_as_one_process(runs, fsdp_run, stage):
+    """Under FSDP2 every trained parameter is a DTensor shard, generation runs on the gathered weights on both
+    ranks (same scores as one process: the rollouts are identical), and losses and final weights equal one
+    process's (the tiny model's tied LM head stays tied: accelerate re-ties through `PolicyAndValue.tie_weights`)."""
+    one = record(runs[1], stage)
+    ranks = [record(fsdp_run, stage, r) for r in (0, 1)]
+    for r in ranks:
+        assert r["distributed_type"] == "DistributedType.FSDP"
+        assert r["sharded_parameters"] == r["parameters"] > 0
+    assert ranks[0]["loss/policy"] == ranks[1]["loss/policy"]
+    for key in ("objective/scores", "loss/policy", "kl_coef", "learning_rate"):
+        torch.testing.assert_close(torch.tensor(ranks[0][key]), torch.tensor(one[key]), rtol=1e-5, atol=1e-6)
+    folders = [(stage, "model.safetensors")] + ([(stage, "value_model/model.safetensors")] if stage == "ppo" else [])
+    for folder, name in folders:
+        a, b = load_file(runs[1] / folder / name), load_file(fsdp_run / folder / name)
+        assert a.keys() == b.keys(), name
+        for key in a:
+            torch.testing.assert_close(b[key], a[key], rtol=0, atol=1e-5, msg=f"{stage}: {key}")

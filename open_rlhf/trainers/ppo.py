@@ -56,7 +56,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import DistributedType, set_seed
 from tqdm.auto import tqdm
 from transformers import (
     GenerationConfig,
@@ -66,6 +66,7 @@ from transformers import (
     TrainingArguments,
     get_scheduler,
 )
+from trl.models import prepare_deepspeed, prepare_fsdp, unwrap_model_for_generation
 from trl.trainer.utils import disable_dropout_in_model, selective_log_softmax_and_entropy
 
 from open_rlhf.config import HardwareDefaultsMixin
@@ -358,9 +359,12 @@ def steps_from_ratio(value: float, total: int, name: str) -> int:
 
 
 class PolicyAndValue(nn.Module):
-    """One module holding both trained networks, so one optimizer and one DDP wrapper cover both.
+    """One module holding both trained networks, so one optimizer and one DDP / FSDP / DeepSpeed wrapper cover both.
 
-    ``value_model`` is None for REINFORCE++; ``forward`` then returns None for the values.
+    ``value_model`` is None for REINFORCE++; ``forward`` then returns None for the values. Every pass over the
+    policy (the training forward, the rollout's log-probs and values, and generation) goes through this module's
+    ``forward``: under FSDP2 this module is the root of the sharded tree, and only a call to the root gathers the
+    parameters it owns (embeddings, final norm, LM and value heads; each decoder layer gathers its own).
     """
 
     def __init__(self, policy: nn.Module, value_model: nn.Module | None):
@@ -368,12 +372,63 @@ class PolicyAndValue(nn.Module):
         self.policy = policy
         self.value_model = value_model
 
-    def forward(self, query_responses, attention_mask, context_length: int, temperature: float):
+    @property
+    def _no_split_modules(self) -> list[str]:
+        # accelerate's TRANSFORMER_BASED_WRAP shards per decoder layer by the model's `_no_split_modules`; without
+        # it the whole wrapper would be one FSDP unit, gathered at once.
+        names = set(getattr(self.policy, "_no_split_modules", None) or [])
+        if self.value_model is not None:
+            names |= set(getattr(self.value_model, "_no_split_modules", None) or [])
+        return sorted(names)
+
+    def tie_weights(self) -> None:
+        # accelerate's FSDP2 preparation moves the module to the meta device (which unties shared parameters) and
+        # re-ties them only through `tie_weights`; without this, a tied LM head (SmolLM2) would train apart from
+        # the input embeddings.
+        for m in (self.policy, self.value_model):
+            if m is not None and hasattr(m, "tie_weights"):
+                m.tie_weights()
+
+    @property
+    def is_gradient_checkpointing(self) -> bool:  # read by TRL's unwrap_model_for_generation
+        policy = self.policy
+        return bool(getattr(policy, "is_activation_checkpointing", None)
+                    if hasattr(policy, "is_activation_checkpointing") else
+                    getattr(policy, "is_gradient_checkpointing", False))
+
+    def gradient_checkpointing_disable(self) -> None:
+        for m in (self.policy, self.value_model):
+            if m is not None:  # transformers 5.23 renamed it activation checkpointing
+                (getattr(m, "activation_checkpointing_disable", None) or m.gradient_checkpointing_disable)()
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
+        kwargs = gradient_checkpointing_kwargs or {"use_reentrant": False}
+        for m in (self.policy, self.value_model):
+            if m is not None:
+                (getattr(m, "activation_checkpointing_enable", None) or m.gradient_checkpointing_enable)(kwargs)
+
+    def forward(self, query_responses, attention_mask, context_length: int = 0, temperature: float = 1.0,
+                adapter_reference: bool = False, generation_kwargs: dict | None = None):
+        """Training / rollout pass, or generation.
+
+        Returns:
+            ``(logprobs, entropy, values, reference_logprobs)``: `(B, R)` each; ``values`` is None without a value
+            model, ``reference_logprobs`` is None unless ``adapter_reference`` (then the log-probs of the policy
+            with its LoRA adapters disabled, the reference of a PEFT policy). With ``generation_kwargs``, the
+            `(B, P + R)` ids of ``policy.generate(input_ids=query_responses, attention_mask=..., **kwargs)``.
+        """
+        if generation_kwargs is not None:
+            return self.policy.generate(input_ids=query_responses, attention_mask=attention_mask,
+                                        **generation_kwargs)
         logprobs, entropy = policy_logprobs(self.policy, query_responses, attention_mask, context_length, temperature)
-        values = None
+        values = reference = None
         if self.value_model is not None:
             values = token_values(self.value_model, query_responses, attention_mask, context_length)
-        return logprobs, entropy, values
+        if adapter_reference:
+            with self.policy.disable_adapter():
+                reference, _ = policy_logprobs(self.policy, query_responses, attention_mask, context_length,
+                                               temperature)
+        return logprobs, entropy, values, reference
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -463,6 +518,13 @@ class PPOTrainer:
     do not depend on the number of processes, so N processes with ``per_device_train_batch_size`` b train exactly
     as one process with N * b, up to floating-point summation order, when ``num_mini_batches`` is 1 (with more
     minibatches, each process shuffles its own share into them).
+
+    Sharded (FSDP2, ``config/accelerate/fsdp.yaml``; DeepSpeed ZeRO-3): the policy and value model are sharded by
+    ``accelerator.prepare``, the reference by TRL's ``prepare_fsdp`` / ``prepare_deepspeed``; rollouts are generated
+    on gathered weights through TRL's ``unwrap_model_for_generation`` (ZeRO-3: all parameters gathered for the call;
+    FSDP2: layer by layer through the root module, every process stepping until all are done) and `save_model`
+    gathers a full state dict. FSDP2 is tested on 2 CPU processes (the same losses and weights as one process);
+    ZeRO-3 is untested (DeepSpeed is not installed).
 
     Args:
         args (`PPOConfig`): hyper-parameters and output options.
@@ -561,6 +623,17 @@ class PPOTrainer:
                                           num_training_steps=num_optimizer_steps,
                                           scheduler_specific_kwargs=args.lr_scheduler_kwargs or None)
         self.wrapper, self.optimizer = self.accelerator.prepare(self.wrapper, optimizer)
+        # FSDP (any version) or DeepSpeed ZeRO-3: parameters are sharded over the processes. The frozen reference
+        # is sharded the same way (as TRL's GRPO does), generation gathers the weights (see `_generate`) and
+        # saving gathers a full state dict.
+        state = self.accelerator.state
+        self.is_fsdp = self.accelerator.distributed_type == DistributedType.FSDP
+        self.is_zero3 = (self.accelerator.distributed_type == DistributedType.DEEPSPEED
+                         and state.deepspeed_plugin.zero_stage == 3)
+        if ref_model is not None and self.is_fsdp:
+            self.ref_model = prepare_fsdp(ref_model, self.accelerator)
+        elif ref_model is not None and self.is_zero3:
+            self.ref_model = prepare_deepspeed(ref_model, self.accelerator)
         self.accelerator.register_for_checkpointing(self.lr_scheduler)
         self.kl_ctl = (AdaptiveKLController(args.kl_coef, args.target_kl, args.kl_horizon) if args.adaptive_kl
                        else FixedKLController(args.kl_coef))
@@ -655,8 +728,15 @@ class PPOTrainer:
                 PerPromptSampler(seeds, args.temperature, args.top_p, self.accelerator.device)])
         else:
             config.do_sample, config.temperature, config.top_p, config.top_k = True, args.temperature, args.top_p, 0
-        with self.accelerator.autocast():
-            return self.policy.generate(**enc, generation_config=config, **kwargs)
+        # Gathered weights, as TRL's GRPO: under ZeRO-3 `unwrap_model_for_generation` gathers every parameter for the
+        # whole generate call; under FSDP2 the call goes through the root module, which gathers its own parameters
+        # while each decoder layer gathers (and frees) its shard at every step, so every process must run the same
+        # number of decoding steps (synced_gpus: a process whose sequences have all ended keeps stepping).
+        kwargs |= {"generation_config": config, "synced_gpus": self.is_fsdp and self.accelerator.num_processes > 1}
+        with (unwrap_model_for_generation(self.wrapper, self.accelerator,
+                                          gradient_checkpointing_kwargs=args.gradient_checkpointing_kwargs) as module,
+              self.accelerator.autocast()):
+            return module(enc["input_ids"], enc["attention_mask"], generation_kwargs=kwargs)
 
     @torch.no_grad()
     def rollout(self, batch: dict, prompt_indices: list[int] | None = None) -> Rollout:
@@ -696,19 +776,18 @@ class PPOTrainer:
         start = time.perf_counter()
         logprobs, ref_logprobs, values, entropies = [], [], [], []
         step = args.local_rollout_forward_batch_size
+        # The module itself, not its DDP wrapper (no gradient, no collective); under FSDP2 it is the sharded root.
+        module = self.accelerator.unwrap_model(self.wrapper)
         for i in range(0, query_responses.shape[0], step):
             qr, am = query_responses[i:i + step], attention_mask[i:i + step]
             with self.accelerator.autocast():
-                lp, ent = policy_logprobs(policy, qr, am, context_length, args.temperature)
-                if self.ref_model is None:
-                    with policy.disable_adapter():
-                        ref_lp, _ = policy_logprobs(policy, qr, am, context_length, args.temperature)
-                else:
+                lp, ent, value, ref_lp = module(qr, am, context_length, args.temperature,
+                                                adapter_reference=self.ref_model is None)
+                if self.ref_model is not None:
                     ref_lp, _ = policy_logprobs(self.ref_model, qr, am, context_length, args.temperature)
-                if self.use_value_model:
-                    values.append(token_values(self.value_model, qr, am, context_length))
-                else:  # REINFORCE++: no value model
-                    values.append(torch.zeros(qr.shape[0], qr.shape[1] - context_length, device=qr.device))
+                if value is None:  # REINFORCE++: no value model
+                    value = torch.zeros(qr.shape[0], qr.shape[1] - context_length, device=qr.device)
+            values.append(value)
             logprobs.append(lp)
             ref_logprobs.append(ref_lp)
             entropies.append(ent)
@@ -766,8 +845,9 @@ class PPOTrainer:
                     m = data.mask[idx]
                     sync = contextlib.nullcontext() if mc_start == starts[-1] else self.accelerator.no_sync(self.wrapper)
                     with sync:
-                        new_logprobs, _, new_values = self.wrapper(data.query_responses[idx], data.attention_mask[idx],
-                                                                   data.context_length, args.temperature)
+                        new_logprobs, _, new_values, _ = self.wrapper(data.query_responses[idx],
+                                                                      data.attention_mask[idx], data.context_length,
+                                                                      args.temperature)
                         pg_loss, pg_stats = ppo_policy_loss(new_logprobs, data.logprobs[idx], data.advantages[idx], m,
                                                             args.cliprange, num_tokens=normaliser)
                         loss = pg_loss
@@ -1026,12 +1106,23 @@ class PPOTrainer:
         model (PPO only) under ``value_model/``, and ``trainer_state.json`` with the log history."""
         output_dir = Path(output_dir or self.args.output_dir)
         self.accelerator.wait_for_everyone()
+        # Sharded parameters (FSDP, ZeRO-3): every process takes part in gathering the full state dict.
+        full = self.accelerator.get_state_dict(self.wrapper) if self.is_fsdp or self.is_zero3 else None
         if not self.accelerator.is_main_process:
             return
         output_dir.mkdir(parents=True, exist_ok=True)
-        self.policy.save_pretrained(output_dir, safe_serialization=True)
+        parts = {"policy": None, "value_model": None}
+        if full is not None:  # split by module; a tied parameter (LM head = embeddings) is saved once, as usual
+            modules = {"policy": self.policy, "value_model": self.value_model}
+            for name, module in modules.items():
+                if module is not None:
+                    keep = {n for n, _ in module.named_parameters()} | {n for n, _ in module.named_buffers()}
+                    parts[name] = {k[len(name) + 1:]: v for k, v in full.items()
+                                   if k.startswith(name + ".") and k[len(name) + 1:] in keep}
+        self.policy.save_pretrained(output_dir, state_dict=parts["policy"], safe_serialization=True)
         self.tokenizer.save_pretrained(output_dir)
         if self.use_value_model:
-            self.value_model.save_pretrained(output_dir / "value_model", safe_serialization=True)
+            self.value_model.save_pretrained(output_dir / "value_model", state_dict=parts["value_model"],
+                                             safe_serialization=True)
         (output_dir / TRAINER_STATE_NAME).write_text(json.dumps(self._state(), indent=1))
 
