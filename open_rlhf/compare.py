@@ -72,7 +72,7 @@ class FromSFTArguments:
     curve_every: int = field(default=0, metadata={
         "help": "Learning curve of every method every K steps (open_rlhf.curves; 0: off), plotted together."})
     eval_prompts: int = field(default=256, metadata={
-        "help": "Held-out prompts (256: a standard error of about 3 points at 50% accuracy; 64 gives 6)."})
+        "help": "Held-out prompts (256: a standard error of about 3 points at an accuracy of 0.5; 64 gives 6)."})
     eval_max_new_tokens: int = field(default=96, metadata={"help": "Generation length of the evaluation."})
     eval_batch_size: int = field(default=16, metadata={"help": "Prompts per generation batch."})
     split_seed: int = field(default=42, metadata={"help": "Seed of every train/eval split."})

@@ -132,7 +132,7 @@ def test_lora_policy_uses_adapter_disabled_reference(tmp_path, tokenizer):
     merged = trainer.policy.get_base_model().state_dict()
     for key, before in base_before.items():
         key_in_peft = key.replace(".weight", ".base_layer.weight") if ("q_proj" in key or "v_proj" in key) else key
-        torch.testing.assert_close(merged[key_in_peft], before)
+        torch.testing.assert_close(merged[key_in_peft].cpu(), before)
 
 
 def test_save_model_writes_loadable_policy_and_value(tmp_path, tokenizer):
@@ -142,7 +142,7 @@ def test_save_model_writes_loadable_policy_and_value(tmp_path, tokenizer):
     trainer.train()
     trainer.save_model(str(tmp_path / "out"))
     reloaded = LlamaForCausalLM.from_pretrained(tmp_path / "out")
-    torch.testing.assert_close(reloaded.lm_head.weight, trainer.policy.lm_head.weight)
+    torch.testing.assert_close(reloaded.lm_head.weight, trainer.policy.lm_head.weight.cpu())
     assert LlamaForSequenceClassification.from_pretrained(tmp_path / "out" / "value_model").config.num_labels == 1
 
 
@@ -189,20 +189,26 @@ def test_value_model_must_match_the_advantage_estimator(tmp_path, tokenizer):
 def test_micro_batches_are_weighted_by_tokens(tmp_path, tokenizer):
     """One minibatch of 8 rollouts as 1 micro-batch of 8 or 4 micro-batches of 2: the same gradient, hence the same
     weights, because every token of the minibatch weighs the same (the responses differ in length here: the
-    policy can stop). Weighting each micro-batch's token mean by its share of sequences would differ."""
+    policy can stop). Weighting each micro-batch's token mean by its share of sequences would differ.
+    adam_epsilon 1 makes the step ~ lr * gradient (not AdamW's first step ~ lr * sign(gradient), which turns the
+    last-bit differences of a GPU's batch-shape-dependent reductions into full steps), so the check holds on a GPU
+    too."""
     eos = tokenizer.eos_token_id
     data, weights = None, []
     for micro, accumulation in ((8, 1), (2, 4)):
         policy, ref, value = make_models(tokenizer, extra_ids=[eos])
         args = make_args(tmp_path / str(micro), per_device_train_batch_size=micro,
                          gradient_accumulation_steps=accumulation, num_mini_batches=1, num_ppo_epochs=1, max_steps=1,
-                         save_strategy="no", max_grad_norm=0.0, learning_rate=1e-2)
+                         save_strategy="no", max_grad_norm=0.0, learning_rate=1.0, adam_epsilon=1.0)
         trainer = PPOTrainer(args, tokenizer, policy, ref, target_reward, value, prompts())
         if data is None:
             data = trainer.rollout(trainer.train_dataset[:8])
             lengths = data.mask.sum(1).tolist()
             assert len(set(lengths)) > 1, f"the premise needs responses of different lengths, got {lengths}"
+        before = {k: v.clone() for k, v in trainer.wrapper.state_dict().items()}
         trainer.optimize(data)
+        moved = max((v - before[k]).abs().max().item() for k, v in trainer.wrapper.state_dict().items())
+        assert moved > 1e-4, f"the step is too small ({moved}) for the comparison below to mean anything"
         weights.append({k: v.clone() for k, v in trainer.wrapper.state_dict().items()})
     for name, tensor in weights[0].items():
         torch.testing.assert_close(weights[1][name], tensor, atol=1e-6, rtol=1e-5, msg=name)
@@ -330,7 +336,7 @@ def test_trpo_steps_stay_in_the_trust_region_and_learn(tmp_path, tokenizer):
         assert 0 < h["policy/trpo_kl"] <= 0.05 + 1e-6 and h["policy/trpo_improvement"] > 0
     scores = [h["objective/scores"] for h in history]
     assert sum(scores[-3:]) / 3 > sum(scores[:3]) / 3 + 0.1, scores
-    assert any(not torch.equal(start[n], p) for n, p in value.named_parameters()) and "loss/value" in history[-1]
+    assert any(not torch.equal(start[n], p.cpu()) for n, p in value.named_parameters()) and "loss/value" in history[-1]
 
 
 def test_trpo_options_are_checked(tmp_path):

@@ -4,6 +4,7 @@ stages with thin script shims, and the ``open-rlhf`` console command."""
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -107,3 +108,13 @@ def test_open_rlhf_command_lists_the_stages():
     assert all(f"  {name} " in out.stdout for name in stages.STAGES)
     bad = subprocess.run([*command, "sftt"], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "unknown stage or command 'sftt'" in bad.stderr
+
+
+def test_argparse_help_strings_have_no_lone_percent():
+    """argparse %-formats every help string: a lone '%' (e.g. '50% accuracy') prints the argument's internals in
+    ``--help`` instead of the text. Write '%%' or rephrase."""
+    lone = re.compile(r"""["']help["']\s*[:=]\s*(f?["'])(?:(?!\1).)*?(?<!%)%(?![%(])""")
+    offenders = [f"{path.relative_to(REPO)}:{n}" for path in sorted((REPO / "open_rlhf").rglob("*.py"))
+                 + sorted((REPO / "scripts").glob("*.py"))
+                 for n, line in enumerate(path.read_text().splitlines(), 1) if lone.search(line)]
+    assert not offenders, offenders
