@@ -120,7 +120,7 @@ def fsdp_run(tmp_path_factory, tiny_model_dir) -> Path:
     return root / "fsdp"
 
 
-@pytest.mark.parametrize("stage", ["ppo", "reinforce_pp"])
+@pytest.mark.parametrize("stage", ["ppo", pytest.param("reinforce_pp", marks=pytest.mark.slow)])  # one in the default suite
 def test_fsdp2_shards_and_trains_as_one_process(runs, fsdp_run, stage):
     """Under FSDP2 every trained parameter is a DTensor shard, generation runs on the gathered weights on both
     ranks (same scores as one process: the rollouts are identical), and losses and final weights equal one

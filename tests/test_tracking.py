@@ -63,6 +63,7 @@ def test_sft_stage_report_to_tensorboard_logs_the_loss(tmp_path, tiny_model_dir)
     assert len(logged) == 2 and logged == pytest.approx(history, rel=1e-6)  # TensorBoard stores float32
 
 
+@pytest.mark.slow  # a stage subprocess (about 30 s); trackio in our PPO is in the default suite
 def test_sft_stage_report_to_trackio_writes_locally_offline(tmp_path, tiny_model_dir):
     env = {**os.environ, "TRACKIO_DIR": str(tmp_path / "trackio"), "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
     out = subprocess.run([sys.executable, str(REPO / "scripts" / "train_sft.py"), "--model_name_or_path",
