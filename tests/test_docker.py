@@ -35,6 +35,8 @@ def test_dockerfile_copies_every_tracked_top_level_path():
 
 def test_dockerignore_keeps_the_local_torch_wheel_in_the_context():
     """The build bind-mounts .docker-wheels/ from the context; ignoring it would make every build download torch."""
+    if not (ROOT / ".dockerignore").is_file():
+        pytest.skip("no .dockerignore here (inside the image, which copies only the product's folders)")
     ignored = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
                if line.strip() and not line.startswith("#")]
     assert not any(p.strip("/").startswith(".docker-wheels") for p in ignored)
