@@ -178,9 +178,13 @@ def _read_jsonl(path: Path) -> list[tuple[int, Any]]:
         try:
             records.append((len(lines), json.loads(last.decode("utf-8-sig"))))
         except (UnicodeDecodeError, json.JSONDecodeError):
-            logger.warning("skipped line %d of %s: a partial line (no final newline, not valid JSON) left by an "
-                           "interrupted append, e.g. a server killed while writing", len(lines), path)
+            _warn_partial_line(len(lines), path)
     return records
+
+
+def _warn_partial_line(number: int, path: Path) -> None:
+    logger.warning("skipped line %d of %s: a partial line (no final newline, not valid JSON) left by an "
+                   "interrupted append, e.g. a server killed while writing", number, path)
 
 
 def _read_json(path: Path, split: str) -> list[tuple[int, Any]]:
@@ -234,12 +238,15 @@ def _read_file(path: Path, split: str, records: _Records, in_folder: bool = Fals
     records.files.append((str(path), unit))
     file_index = len(records.files) - 1
     for number, row in numbered:
-        if not isinstance(row, dict):
-            raise DataFormatError(f"{unit} {number} of {path} is a JSON {type(row).__name__}, not an object. "
-                                  f"Fix: every record must be an object such as "
-                                  f'{{"prompt": "...", "completion": "..."}}.')
+        _check_object(row, f"{unit} {number} of {path}")
         records.rows.append(row)
         records.origins.append((file_index, number))
+
+
+def _check_object(row: Any, where: str) -> None:
+    if not isinstance(row, dict):
+        raise DataFormatError(f"{where} is a JSON {type(row).__name__}, not an object. Fix: every record must be "
+                              f'an object such as {{"prompt": "...", "completion": "..."}}.')
 
 
 def _folder_files(folder: Path, split: str) -> list[Path]:
@@ -739,6 +746,16 @@ def _load(source: str, split: str, conversational: bool) -> tuple[str, list[dict
     return fmt, rows, records.name
 
 
+def _sft_example(row: dict[str, Any], fmt: str) -> dict[str, Any] | None:
+    """An SFT example from a converted preference row: a pair's chosen answer, an unpaired row's completion when
+    its ``label`` is true (None otherwise); other formats are SFT examples already."""
+    if fmt in PAIR_FORMATS:
+        return {"prompt": row["prompt"], "completion": row["chosen"], **_extra(row)}
+    if fmt == "unpaired_preference":
+        return {"prompt": row["prompt"], "completion": row["completion"], **_extra(row)} if row["label"] else None
+    return row
+
+
 def load_sft_dataset(source: str, split: str = "train", builtin_size: int = BUILTIN_SIZES["sft"],
                      max_samples: int | None = None, seed: int = 42, conversational: bool = True) -> Dataset:
     """SFT data: ``prompt``/``completion`` (+ ``answer`` when the source has one), or ``messages``.
@@ -766,10 +783,8 @@ def load_sft_dataset(source: str, split: str = "train", builtin_size: int = BUIL
         dataset = arithmetic.sft_dataset(builtin_size, split=_builtin_split(split))
         return _truncate(dataset, max_samples, seed)
     fmt, rows, name = _load(source, split, conversational)
-    if fmt in PAIR_FORMATS:
-        rows = [{"prompt": r["prompt"], "completion": r["chosen"], **_extra(r)} for r in rows]
-    elif fmt == "unpaired_preference":
-        rows = [{"prompt": r["prompt"], "completion": r["completion"], **_extra(r)} for r in rows if r["label"]]
+    if fmt in PAIR_FORMATS or fmt == "unpaired_preference":
+        rows = [example for r in rows if (example := _sft_example(r, fmt)) is not None]
     elif fmt == "prompt_only":
         raise DataFormatError(f"{name} holds only prompts ({FORMATS['prompt_only']}); SFT needs completions. "
                               f"Fix: use a dataset with columns {FORMATS['prompt_completion']} or messages.")
@@ -1082,11 +1097,6 @@ def _stream_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
                               f"compress the file again (`gzip -t {path}` checks it).") from err
 
 
-def _warn_partial_line(number: int, path: Path) -> None:
-    logger.warning("skipped line %d of %s: a partial line (no final newline, not valid JSON) left by an "
-                   "interrupted append, e.g. a server killed while writing", number, path)
-
-
 def _stream_parquet(path: Path) -> Iterator[tuple[int, Any]]:
     """``(row number, row)`` of a parquet file, read `_PARQUET_BATCH` rows at a time."""
     import pyarrow as pa
@@ -1141,9 +1151,7 @@ def _stream_records(source: str, split: str) -> Iterator[tuple[dict[str, Any], s
         count = 0
         for number, row in numbered:
             where = f"{unit} {number} of {path}"
-            if not isinstance(row, dict):
-                raise DataFormatError(f"{where} is a JSON {type(row).__name__}, not an object. Fix: every record "
-                                      f'must be an object such as {{"prompt": "...", "completion": "..."}}.')
+            _check_object(row, where)
             checker.check(row, where)
             count += 1
             yield row, where
@@ -1219,12 +1227,8 @@ class _ExampleStream:
             if example is None:
                 skipped[reason] = skipped.get(reason, 0) + 1
                 continue
-            if self.kind == "sft" and self.fmt in PAIR_FORMATS:
-                example = {"prompt": example["prompt"], "completion": example["chosen"], **_extra(example)}
-            elif self.kind == "sft" and self.fmt == "unpaired_preference":
-                if not example["label"]:
-                    continue
-                example = {"prompt": example["prompt"], "completion": example["completion"], **_extra(example)}
+            if self.kind == "sft" and (example := _sft_example(example, self.fmt)) is None:
+                continue
             count += 1
             yield example
         # Reached only when a pass ends (not when the caller stops early): the counts of the whole pass
