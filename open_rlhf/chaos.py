@@ -135,15 +135,20 @@ class StageSetup:
         return [s for s in range(self.save_steps, last + 1, self.save_steps)]
 
 
-def stage_setups(model: str, reward_model: str, max_steps: int = 6, save_steps: int = 1) -> dict[str, StageSetup]:
+def stage_setups(model: str, reward_model: str, max_steps: int = 6,
+                 save_steps: int | None = None) -> dict[str, StageSetup]:
     """The four stages on a tiny model: each stage's default preset with a few steps and frequent checkpoints.
+
+    ``save_steps`` None: a checkpoint every step, GRPO's every 2 steps (a whole generation cycle, see
+    `open_rlhf.config.generation_cycle_warning`; with ``save_steps=1`` a GRPO resume inside a cycle drifts, as
+    documented in the README).
 
     fp32 (``--bf16 false``), so that the comparison does not depend on the CPU. GRPO keeps its preset's structure
     (2 accumulation steps, 2 iterations per generation batch), so a checkpoint can fall inside a generation batch;
     PPO keeps its 2 PPO epochs and accumulation. GRPO and PPO score with a tiny random reward model: the verifiable
     reward is 0 for every completion of a random model, which leaves the advantages, the loss and the updates at 0.
     """
-    common = ["--model_name_or_path", model, "--bf16", "false", "--max_steps", str(max_steps), "--save_steps", str(save_steps),
+    common = ["--model_name_or_path", model, "--bf16", "false", "--max_steps", str(max_steps),
               "--save_total_limit", "2", "--logging_steps", "1", "--report_to", "none", "--max_train_samples", "32",
               "--eval_size", "4", "--learning_rate", "1e-3", "--seed", "42", "--disable_tqdm", "true"]
     flags = {
@@ -156,27 +161,18 @@ def stage_setups(model: str, reward_model: str, max_steps: int = 6, save_steps: 
         "ppo": ["--config", "config/ppo/default.yaml", "--per_device_train_batch_size", "2", "--response_length",
                 "8", "--reward_model_path", reward_model],
     }
-    return {name: StageSetup(name, f + common, max_steps, save_steps) for name, f in flags.items()}
+    steps = {name: save_steps or (2 if name == "grpo" else 1) for name in flags}
+    return {name: StageSetup(name, [*f, *common, "--save_steps", str(steps[name])], max_steps, steps[name])
+            for name, f in flags.items()}
 
 
 def save_tiny_model(path: Path, seed: int = 0, reward: bool = False) -> Path:
-    """A tiny random Llama (H=32, 2 layers) with the real SmolLM2 tokenizer, as ``tests/conftest.py`` builds it
-    (with ``reward``: a one-output sequence classifier, a reward model)."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
+    """A tiny random Llama with the real SmolLM2 tokenizer (`open_rlhf.models.save_tiny_model`, as
+    ``tests/conftest.py`` builds it; with ``reward``: a one-output sequence classifier, a reward model)."""
+    from open_rlhf import models
 
-    from open_rlhf.models import ensure_default_model, load_tokenizer
-
-    tokenizer = load_tokenizer(str(ensure_default_model()), padding_side="left")
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-                         bos_token_id=tokenizer.bos_token_id, tie_word_embeddings=True,
-                         num_labels=1 if reward else 2)
-    torch.manual_seed(seed)
-    (LlamaForSequenceClassification if reward else LlamaForCausalLM)(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return Path(path)
+    tokenizer = models.load_tokenizer(str(models.ensure_default_model()), padding_side="left")
+    return models.save_tiny_model(path, tokenizer, seed, reward=reward)
 
 
 def candidate_events(setup: StageSetup) -> list[tuple[str, int]]:
@@ -408,7 +404,8 @@ def chaos_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kills", type=int, default=5, help="SIGKILLs per stage (>= 3: one by timer)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the kill plan")
     parser.add_argument("--max_steps", type=int, default=6)
-    parser.add_argument("--save_steps", type=int, default=1)
+    parser.add_argument("--save_steps", type=int, default=None,
+                        help="checkpoint interval (default: every step; GRPO every 2 steps, a whole generation cycle)")
     parser.add_argument("--workdir", default=None, help="where the runs go (default: a new temporary folder)")
     args = parser.parse_args(argv)
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="chaos-"))

@@ -371,6 +371,35 @@ def use_fused_rmsnorm(model) -> int:
     return count
 
 
+def tiny_llama_config(tokenizer, **overrides):
+    """A tiny random Llama's config (hidden 32, 2 layers, 4 heads, 2 KV heads, tied embeddings) for ``tokenizer``:
+    the stand-in for the default model in tests and in ``scripts/chaos_resume.py``; ``overrides`` go to
+    `transformers.LlamaConfig` (e.g. ``num_labels=1`` for a reward model)."""
+    from transformers import LlamaConfig
+
+    kwargs = dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                  pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                  bos_token_id=tokenizer.bos_token_id, tie_word_embeddings=True)
+    kwargs.update(overrides)
+    return LlamaConfig(**kwargs)
+
+
+def save_tiny_model(path: str | Path, tokenizer, seed: int, reward: bool = False, **overrides) -> Path:
+    """Save a tiny random Llama (`tiny_llama_config`; a causal LM, or with ``reward`` a one-output sequence
+    classifier, a reward model), seeded, and ``tokenizer`` into ``path``."""
+    from transformers import LlamaForCausalLM, LlamaForSequenceClassification
+
+    torch.manual_seed(seed)
+    if reward:
+        model = LlamaForSequenceClassification(tiny_llama_config(tokenizer, num_labels=1, **overrides))
+    else:
+        model = LlamaForCausalLM(tiny_llama_config(tokenizer, **overrides))
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return Path(path)
+
+
 def load_policy_and_reference(model_args, sft_model_path: str | None = None):
     """Load the PPO policy, its frozen reference model and the tokenizer (padding on the left for generation).
 

@@ -88,3 +88,28 @@ def test_line_search_honours_the_kl_bound_and_the_improvement():
     # improving, within the bound, but by less than 10% of the linear model's prediction: rejected too
     step, _ = backtracking_line_search(lambda s: (0.05 * s[0].item(), 0.0), full, 1.0, max_kl, max_backtracks=3)
     assert step is None
+
+
+
+def test_gauss_newton_fisher_is_positive_semidefinite_where_the_residual_form_is_not():
+    """The trainer's Fisher: the Hessian of mean_t 0.5 (f_t(theta) - sg[f_t(theta)])^2 is J^T J / T (J the Jacobian
+    of the per-token log-probs f), positive semi-definite at any theta. The Hessian of mean_t 0.5 (f_t - f_old_t)^2
+    adds mean_t (f_t - f_old_t) Hess f_t, indefinite once f_old differs from f(theta) (rollout log-probs from a bf16
+    forward; this made s . F s < 0 on the default model). By hand: f = (sin t1 + t2^2, t1 t2) at t = (0, 1),
+    J = [[1, 2], [1, 0]], J^T J = [[2, 2], [2, 4]]; f_old = f + (0, 7) gives the residual -7 on f_2, whose Hessian is
+    [[0, 1], [1, 0]], so H = ([[2, 2], [2, 4]] - 7 [[0, 1], [1, 0]]) / 2 and v = (1, 1): v H v = (2 + 4 + 4 - 14) / 2
+    = -2."""
+    t = torch.tensor([0.0, 1.0], dtype=torch.float64, requires_grad=True)
+
+    def f(x):
+        return torch.stack([torch.sin(x[0]) + x[1] ** 2, x[0] * x[1]])
+
+    jtj = torch.tensor([[2.0, 2.0], [2.0, 4.0]], dtype=torch.float64)
+    v = torch.tensor([1.0, 1.0], dtype=torch.float64)
+    out = f(t)
+    gauss_newton = fisher_vector_product(0.5 * ((out - out.detach()) ** 2).mean(), [t], damping=0.0)
+    torch.testing.assert_close(gauss_newton(v), jtj @ v / 2)
+    assert v @ gauss_newton(v) == pytest.approx(5.0)  # (2 + 4 + 4) / 2
+    old = f(t).detach() + torch.tensor([0.0, 7.0], dtype=torch.float64)
+    residual_form = fisher_vector_product(0.5 * ((f(t) - old) ** 2).mean(), [t], damping=0.0)
+    assert v @ residual_form(v) == pytest.approx(-2.0)

@@ -877,8 +877,11 @@ class PPOTrainer:
 
         1. Surrogate ``L(theta) = mean_t rho_t A_t`` (rho_t = pi_theta / pi_old of the rollout token) and its
            gradient g at theta_old, over every valid token of the rollout at once (no minibatches).
-        2. F, the Fisher matrix, as the Hessian at theta_old of ``mean_t 0.5 * (log pi_theta - log pi_old)^2`` over
-           the sampled tokens (its expectation is the Fisher information; `fisher_vector_product`), damped.
+        2. F, the Fisher matrix, as the Gauss-Newton Hessian ``mean_t J_t^T J_t`` (J_t = d log pi_theta(a_t)/d theta,
+           the empirical Fisher on the sampled tokens): the Hessian of ``mean_t 0.5 * (log pi_theta - sg[log
+           pi_theta])^2`` (`fisher_vector_product`), damped. Not the Hessian of ``0.5 * (log pi_theta - log
+           pi_old)^2``: the rollout's log-probs come from a bf16 forward, the residual is not 0 at theta_old, and its
+           second-order term made that matrix indefinite on the default model (s . F s < 0 at update 6).
         3. s = F^-1 g by `conjugate_gradient`; the full step scaled to ``trpo_max_kl`` (`trust_region_step`).
         4. `backtracking_line_search`: the largest halving of the step whose mean per-token KL(pi_old || pi_new)
            (k3 estimator on the rollout tokens) is within ``trpo_max_kl`` and whose surrogate improves; none
@@ -917,11 +920,18 @@ class PPOTrainer:
             new = logprobs()
         objective = surrogate(new)
         g = flat_grad(objective, params, retain_graph=True)
-        fvp = fisher_vector_product(masked_mean(0.5 * (new - old) ** 2, mask), params, damping=args.trpo_damping)
+        start = objective.item()
+        if not torch.any(g != 0):  # every advantage 0 (or no valid token): no direction, the policy stays
+            del new, objective
+            policy.zero_grad(set_to_none=True)
+            return stats | {"loss/policy": -start, "policy/trpo_step_fraction": 0.0, "policy/trpo_kl": 0.0,
+                            "policy/trpo_improvement": 0.0, "policy/trpo_backtracks": 0.0,
+                            "policy/trpo_expected_improvement": 0.0}
+        fvp = fisher_vector_product(masked_mean(0.5 * (new - new.detach()) ** 2, mask), params,
+                                    damping=args.trpo_damping)
         direction = conjugate_gradient(fvp, g, iterations=args.trpo_cg_iterations)
         full_step = trust_region_step(direction, fvp(direction).detach(), args.trpo_max_kl)
         theta = torch.nn.utils.parameters_to_vector(params).detach()
-        start = objective.item()
         del new, objective, fvp
 
         @torch.no_grad()
