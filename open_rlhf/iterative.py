@@ -69,7 +69,12 @@ class IterativeArguments:
         "help": "Reward spec (open_rlhf.rewards) that scores samples (iterative_dpo, rft), e.g. 'math' or "
                 "'model:runs/default/reward'."})
     reward: str | None = field(default=None, metadata={"help": "Alias of --judge (the pipeline passes --reward)."})
-    rft_min_score: float = field(default=1.0, metadata={"help": "rft: the judge score a sample needs to be kept."})
+    rft_min_score: float = field(default=1.0, metadata={
+        "help": "rft: the judge score a sample needs to be kept; spin with --spin_drop_verified: the score at which "
+                "the policy's answer counts as right."})
+    spin_drop_verified: bool = field(default=False, metadata={
+        "help": "spin: score the policy's answers with --judge and make no pair where it is right (score >= "
+                "--rft_min_score): the demonstration is not better there. Not in the SPIN paper."})
     temperature: float = field(default=1.0, metadata={"help": "Sampling temperature of the policy's answers."})
     max_new_tokens: int = field(default=96, metadata={"help": "Length of the sampled answers."})
     batch_size: int = field(default=16, metadata={"help": "Prompts per generation batch."})
@@ -143,8 +148,19 @@ def build_round_data(args: IterativeArguments, policy_path: str, rows) -> tuple[
         answers, _, _ = generate(policy, tokenizer, prompts, args.max_new_tokens, args.batch_size, do_sample=True,
                                  temperature=args.temperature, desc="spin: sample")
         demonstrations = [completion_text(c) for c in rows["completion"]]
-        out, identical = selfplay.spin_pairs(prompts, demonstrations, answers)
-        return out, {"pairs": len(out), "identical_to_demonstration": identical, "examples": len(rows)}
+        verified = None
+        if args.spin_drop_verified:
+            from open_rlhf.inference.sampling import as_messages
+            from open_rlhf.rewards import build_reward_functions, check_columns
+
+            judge = build_reward_functions(args.judge)
+            check_columns(judge, rows.column_names, args.dataset_name)
+            columns = {c: list(rows[c]) for c in rows.column_names if c not in ("prompt", "completion")}
+            scores = judge([as_messages(p) for p in prompts], answers, **columns)
+            verified = [float(s) >= args.rft_min_score for s in scores]
+        out, identical = selfplay.spin_pairs(prompts, demonstrations, answers, verified)
+        return out, {"pairs": len(out), "identical_to_demonstration": identical, "examples": len(rows),
+                     "verified_dropped": len(rows) - len(out) - identical}
 
     from open_rlhf.rewards import build_reward_functions, check_columns
 

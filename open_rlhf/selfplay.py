@@ -20,14 +20,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 
-def spin_pairs(prompts: Sequence, demonstrations: Sequence[str], policy_answers: Sequence[str]
-               ) -> tuple[list[dict], int]:
+def spin_pairs(prompts: Sequence, demonstrations: Sequence[str], policy_answers: Sequence[str],
+               verified: Sequence[bool] | None = None) -> tuple[list[dict], int]:
     """One SPIN round's pairs: chosen = the demonstration, rejected = the current policy's answer.
 
     Args:
         prompts: `N` prompts (strings or chat messages; `open_rlhf.inference.sampling.as_messages`).
         demonstrations: the `N` SFT answers (the "human" data of the paper).
         policy_answers: the `N` answers the previous round's policy generated for the same prompts.
+        verified: optional, `N` flags: the policy's answer was accepted by a verifier. Such a prompt gives no pair
+            (not in the paper, which assumes every demonstration beats the policy's answer; with a verifiable task
+            the policy is often right, and SPIN would then push a right answer down).
 
     Returns:
         `(rows, identical)`: conversational rows ``{"prompt", "chosen", "rejected"}``, and how many prompts were
@@ -39,13 +42,17 @@ def spin_pairs(prompts: Sequence, demonstrations: Sequence[str], policy_answers:
     """
     from open_rlhf.inference.sampling import as_messages
 
-    if not len(prompts) == len(demonstrations) == len(policy_answers):
-        raise ValueError(f"spin_pairs needs one demonstration and one policy answer per prompt, got {len(prompts)} "
-                         f"prompts, {len(demonstrations)} demonstrations and {len(policy_answers)} answers")
+    verified = [False] * len(policy_answers) if verified is None else list(verified)
+    if not len(prompts) == len(demonstrations) == len(policy_answers) == len(verified):
+        raise ValueError(f"spin_pairs needs one demonstration, one policy answer (and one verified flag) per prompt, "
+                         f"got {len(prompts)} prompts, {len(demonstrations)} demonstrations, {len(policy_answers)} "
+                         f"answers and {len(verified)} flags")
     rows, identical = [], 0
-    for prompt, gold, own in zip(prompts, demonstrations, policy_answers, strict=True):
+    for prompt, gold, own, right in zip(prompts, demonstrations, policy_answers, verified, strict=True):
         if gold.strip() == own.strip():
             identical += 1
+            continue
+        if right:
             continue
         rows.append({"prompt": as_messages(prompt), "chosen": [{"role": "assistant", "content": gold}],
                      "rejected": [{"role": "assistant", "content": own}]})

@@ -17,6 +17,21 @@ def test_spin_pairs_prefer_the_demonstration_over_the_policys_answer():
         spin_pairs(["q"], ["a", "b"], ["c"])
 
 
+def test_spin_pairs_drop_answers_a_verifier_accepts():
+    """--spin_drop_verified: the policy's right answer (another wording of the demonstration) gives no pair."""
+    from open_rlhf.rewards import build_reward_functions
+
+    prompts = ["What is 2 + 2?", "What is 3 + 3?", "What is 4 + 4?"]
+    gold = ["2 + 2 = 4.\n#### 4", "3 + 3 = 6.\n#### 6", "4 + 4 = 8.\n#### 8"]
+    own = ["Two and two: 2 + 2 = 4.\n#### 4", "3 + 3 = 7.\n#### 7", "4 + 4 = 8.\n#### 8"]
+    scores = build_reward_functions("math")([[{"role": "user", "content": p}] for p in prompts], own,
+                                            answer=["4", "6", "8"])
+    assert scores == [1.0, 0.0, 1.0]
+    rows, identical = spin_pairs(prompts, gold, own, verified=[s >= 1.0 for s in scores])
+    assert identical == 1 and [r["rejected"][0]["content"] for r in rows] == ["3 + 3 = 7.\n#### 7"]
+    assert len(spin_pairs(prompts, gold, own)[0]) == 2  # without the flags: the paper's pairs
+
+
 def test_first_wrong_step():
     assert first_wrong_step(["a", "b", "c"], ["a", "x", "y"]) == 1
     assert first_wrong_step(["a"], ["b"]) == 0
