@@ -18,6 +18,7 @@ This module only builds Hugging Face objects (models, tokenizers); it imports no
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -88,7 +89,8 @@ def convert_gguf_to_safetensors(gguf_path: str | Path, output_dir: str | Path) -
         `Path`: ``output_dir``, holding ``config.json``, ``model.safetensors`` (fp32), the tokenizer files.
 
     Raises:
-        FileExistsError: when ``output_dir`` already exists.
+        FileExistsError: when ``output_dir`` already exists, or another process created it during the conversion
+            (the other folder is kept; this one is discarded).
         FileNotFoundError: when ``gguf_path`` does not exist.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -116,7 +118,12 @@ def convert_gguf_to_safetensors(gguf_path: str | Path, output_dir: str | Path) -
         os.chmod(tmp, 0o755)  # mkdtemp makes it private; the final folder is an ordinary shared cache entry
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        os.replace(tmp, output_dir)  # atomic: a half-written folder is never seen under the final name
+        try:
+            os.replace(tmp, output_dir)  # atomic: a half-written folder is never seen under the final name
+        except OSError as err:  # another process finished the same folder first (ENOTEMPTY on Linux, EEXIST elsewhere)
+            if err.errno in (errno.ENOTEMPTY, errno.EEXIST):
+                raise FileExistsError(f"{output_dir} appeared while converting; refusing to overwrite it.") from err
+            raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -12,7 +12,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 # In the repository but not needed in the image: CI's script and git's own files
-NOT_IN_IMAGE = {".ci", ".dockerignore", ".gitignore", "Dockerfile"}
+NOT_IN_IMAGE = {".ci", ".docker-wheels", ".dockerignore", ".gitignore", "Dockerfile"}  # .docker-wheels: bind-mounted in the build, never copied
 
 
 def _copied_paths() -> set[str]:

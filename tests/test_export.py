@@ -218,3 +218,20 @@ def test_export_script_writes_gguf_and_reports_user_errors(tiny_model_dir, tmp_p
                                       str(tmp_path / "g")], capture_output=True, text=True, timeout=300)
     assert again.returncode == 2
     assert again.stderr.strip().splitlines()[-1].startswith("error: output")
+
+
+@pytest.mark.slow
+def test_two_concurrent_conversions_leave_one_complete_folder(tiny_model_dir, tmp_path):
+    """Two processes convert the same GGUF to the same folder at once (two `make setup` runs sharing a cache): the
+    loser raises FileExistsError, which `ensure_default_model` treats as "another process won", never a bare OSError
+    from the rename, and the folder is complete. Slow: two conversions of the 49,152-token vocabulary (~50 s)."""
+    result = export_gguf(str(tiny_model_dir), tmp_path / "gguf", dtype="f16")
+    gguf_file, target = result.output_dir / "model-f16.gguf", tmp_path / "converted"
+    code = ("import sys\nfrom open_rlhf.models import convert_gguf_to_safetensors\n"
+            "try:\n    convert_gguf_to_safetensors(sys.argv[1], sys.argv[2])\nexcept FileExistsError:\n    sys.exit(3)\n")
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(gguf_file), str(target)], stderr=subprocess.PIPE,
+                              text=True) for _ in range(2)]
+    outcomes = sorted((p.wait(timeout=600), p.stderr.read()) for p in procs)
+    assert [rc for rc, _ in outcomes] == [0, 3], outcomes
+    assert (target / "model.safetensors").is_file() and (target / "tokenizer.json").is_file()
+    assert not list(tmp_path.glob("converted.tmp-*"))  # the loser's half folder is gone
