@@ -90,16 +90,22 @@ def test_a_curve_point_runs_the_policy_without_accelerates_autocast(tiny_model_d
     """accelerate's bf16 wraps forward in autocast; a curve point measures the plain forward, as the reference is."""
     import torch
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
 
     from open_rlhf.curves import _plain_forward
     from open_rlhf.models import load_causal_lm
 
     policy, reference = load_causal_lm(str(tiny_model_dir)), load_causal_lm(str(tiny_model_dir))
     ids = torch.arange(3, 40).unsqueeze(0)
-    policy = Accelerator(mixed_precision="bf16", cpu=True).prepare_model(policy)
-    with torch.no_grad():
-        expected = reference(input_ids=ids).logits
-        assert not torch.equal(policy(input_ids=ids).logits, expected)  # the autocast wrapper rounds to bf16
-        with _plain_forward(policy):
-            assert torch.equal(policy(input_ids=ids).logits, expected)
-        assert not torch.equal(policy(input_ids=ids).logits, expected)  # restored for training
+    # an earlier test's trainer may have set the process-wide state to fp32 (on CPUs without native bf16)
+    AcceleratorState._reset_state(reset_partial_state=True)
+    try:
+        policy = Accelerator(mixed_precision="bf16", cpu=True).prepare_model(policy)
+        with torch.no_grad():
+            expected = reference(input_ids=ids).logits
+            assert not torch.equal(policy(input_ids=ids).logits, expected)  # the autocast wrapper rounds to bf16
+            with _plain_forward(policy):
+                assert torch.equal(policy(input_ids=ids).logits, expected)
+            assert not torch.equal(policy(input_ids=ids).logits, expected)  # restored for training
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
