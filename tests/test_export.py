@@ -162,7 +162,7 @@ def test_gguf_tensors_are_llama_cpp_layout(tiny_model_dir, tmp_path, dtype, cast
 
 
 @pytest.mark.parametrize("dtype, cast", [pytest.param("f32", torch.float32, marks=pytest.mark.slow),
-                                         ("f16", torch.float16),
+                                         pytest.param("f16", torch.float16, marks=pytest.mark.slow),
                                          pytest.param("bf16", torch.bfloat16, marks=pytest.mark.slow)])
 def test_gguf_round_trips_through_the_project_converter(tiny_model_dir, tokenizer, tmp_path, dtype, cast):
     """Export, convert back with convert_gguf_to_safetensors (which undoes the Q/K permutation): every tensor equals

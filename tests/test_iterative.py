@@ -71,6 +71,7 @@ def test_a_regressing_round_is_rolled_back_and_the_run_resumes(tmp_path, tiny_mo
         run_rounds(args)  # a finished run is never overwritten
 
 
+@pytest.mark.slow  # ~30 s; kept out of the default run's 12-minute budget (AVX2 CPUs)
 def test_a_stopped_run_resumes_without_redoing_finished_rounds(tmp_path, tiny_model_dir, capsys):
     args = tiny_args(tmp_path, tiny_model_dir, "step_dpo", rounds=1)
     run_rounds(args)

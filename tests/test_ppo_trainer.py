@@ -322,6 +322,7 @@ def test_reinforce_pp_uses_gamma(tmp_path, tokenizer):
     assert not torch.allclose(data.advantages, reinforce_pp_advantages(data.rewards, data.mask, gamma=1.0))
 
 
+@pytest.mark.slow  # ~30 s; kept out of the default run's 12-minute budget (AVX2 CPUs)
 def test_trpo_steps_stay_in_the_trust_region_and_learn(tmp_path, tokenizer):
     """--policy_update trpo on the tiny task: every accepted step's KL(pi_old || pi_new) on the rollout is within
     trpo_max_kl, the surrogate improves where a step is taken, the mean score rises, the value model trains."""
