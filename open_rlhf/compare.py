@@ -66,6 +66,9 @@ class FromSFTArguments:
     preference_dataset: str = field(default="builtin", metadata={"help": "Pairs of the offline methods and RM."})
     rl_dataset: str = field(default="builtin", metadata={"help": "Prompts (with gold answers) of RL methods."})
     sft_dataset: str = field(default="builtin", metadata={"help": "SFT data (when the SFT stage is trained)."})
+    eval_dataset: str | None = field(default=None, metadata={
+        "help": "Held-out prompts with gold answers of the evaluation (e.g. ../shared/data/gsm8k/test.jsonl while the "
+                "RL methods train on gsm8k/train.jsonl). Default: rl_dataset's held-out split."})
     method_args: str = field(default="", metadata={"help": "Extra flags for every method's stage (e.g. smoke runs)."})
     sft_args: str = field(default="", metadata={"help": "Extra flags for the SFT stage."})
     reward_args: str = field(default="", metadata={"help": "Extra flags for the reward stage."})
@@ -88,6 +91,7 @@ class FromSFTArguments:
             run_name=self.run_name, runs_dir=self.runs_dir, method=method, model_name_or_path=self.model_name_or_path,
             sft_model_path=self.sft_model_path, reward_model_path=self.reward_model_path,
             sft_dataset=self.sft_dataset, preference_dataset=self.preference_dataset, rl_dataset=self.rl_dataset,
+            eval_dataset=self.eval_dataset,
             sft_args=self.sft_args, reward_args=self.reward_args, method_args=method_args.strip(),
             evaluate=False, eval_prompts=self.eval_prompts, split_seed=self.split_seed, gate=False)
         return PipelineArguments(**{**settings, **overrides})
@@ -145,7 +149,8 @@ class FromSFT:
         shared = args.pipeline_args("ppo")
         train_stages(shared, only={"sft", "reward"})
         self.sft_path, self.reward_path = shared.sft_path, shared.reward_path
-        self.prompts, self.answers = evaluation.held_out_prompts(args.rl_dataset, args.eval_prompts, args.split_seed)
+        self.prompts, self.answers = evaluation.held_out_prompts(args.eval_dataset or args.rl_dataset, args.eval_prompts,
+                                                                 args.split_seed)
         self.scorer = RewardModelScorer.from_pretrained(str(self.reward_path))
         # the SFT policy, for KL; loaded once, on first use
         self._reference = functools.cache(lambda: models.load_causal_lm(str(self.sft_path)))

@@ -44,7 +44,7 @@ from open_rlhf.errors import ConfigError, StageFailedError, parse_config, user_e
 
 REWARD = "reward"  # the point family of reward models (scored by held-out pair accuracy, not by a policy's)
 # settings added after the first sweeps, with the value those sweeps had
-_META_DEFAULTS = {"preference_dataset": "builtin", "eval_pairs": 256}
+_META_DEFAULTS = {"preference_dataset": "builtin", "eval_pairs": 256, "eval_dataset": None}
 _GRID_ITEM = re.compile(r"^(?P<method>[A-Za-z0-9_]+)\.(?P<param>[A-Za-z_][A-Za-z0-9_]*)=(?P<values>.+)$")
 
 

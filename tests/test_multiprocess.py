@@ -28,6 +28,8 @@ REPO = Path(__file__).resolve().parents[1]
 WORKER = REPO / "tests" / "multiprocess_worker.py"
 GLOBAL_BATCH = 4
 STAGES = ("sft", "dpo", "ppo", "reinforce_pp")
+# The 2-process launches take over a minute of the default run's 12-minute budget on 2 AVX2 cores: make test-slow.
+pytestmark = pytest.mark.slow
 
 
 def _free_port() -> int:
@@ -120,7 +122,7 @@ def fsdp_run(tmp_path_factory, tiny_model_dir) -> Path:
     return root / "fsdp"
 
 
-@pytest.mark.parametrize("stage", ["ppo", pytest.param("reinforce_pp", marks=pytest.mark.slow)])  # one in the default suite
+@pytest.mark.parametrize("stage", ["ppo", "reinforce_pp"])
 def test_fsdp2_shards_and_trains_as_one_process(runs, fsdp_run, stage):
     """Under FSDP2 every trained parameter is a DTensor shard, generation runs on the gathered weights on both
     ranks (same scores as one process: the rollouts are identical), and losses and final weights equal one

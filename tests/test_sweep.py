@@ -107,3 +107,28 @@ def test_tiny_sweep_end_to_end_resumes_and_guards_its_settings(tmp_path, tiny_mo
     args.eval_prompts = 8
     with pytest.raises(ConfigError, match="other settings"):
         run_sweep(args)
+
+
+def test_gsm8k_preset_evaluates_on_test_questions_while_training_on_train(shared_data_dir, tiny_model_dir, tmp_path):
+    """``eval_dataset`` (config/sweep/gsm8k.yaml): the SFT and RL stages read GSM8K's train split, and the policies
+    are scored on 256 questions of its test split, none of which any stage trains on."""
+    from open_rlhf.compare import FromSFT
+
+    (args,) = parse_config(TrlParser((SweepArguments,)), ["--config", str(REPO / "config/sweep/gsm8k.yaml")])
+    assert args.eval_dataset.endswith("gsm8k/test.jsonl") and args.rl_dataset.endswith("gsm8k/train.jsonl")
+    assert args.eval_prompts == 256 and [p["method"] for p in args.points()] == ["grpo"]
+    gsm8k = shared_data_dir / "gsm8k"
+    args.rl_dataset, args.sft_dataset, args.eval_dataset = (str(gsm8k / "train.jsonl"), str(gsm8k / "train.jsonl"),
+                                                            str(gsm8k / "test.jsonl"))
+    assert args.pipeline_args("grpo").eval_dataset == args.eval_dataset  # the stage keeps to rl_dataset
+    args.runs_dir, args.sft_model_path, args.reward_model_path = str(tmp_path), str(tiny_model_dir), str(tiny_model_dir)
+    start = FromSFT(args, sft_cache=tmp_path / "sft.json")  # both models given: nothing is trained
+
+    def questions(name):
+        with open(gsm8k / name) as f:
+            return {json.loads(line)["question"] for line in f}
+
+    test, train = questions("test.jsonl"), questions("train.jsonl")
+    asked = [next(m["content"] for m in p if m["role"] == "user") for p in start.prompts]
+    assert len(asked) == len(start.answers) == 256
+    assert all(any(q in a for q in test) for a in asked[:16]) and not any(q in a for a in asked for q in list(train)[:500])
