@@ -143,14 +143,13 @@ class FromSFT:
     """
 
     def __init__(self, args: FromSFTArguments, sft_cache: Path):
-        from open_rlhf import evaluation, models
+        from open_rlhf import models
 
         self.args = args
         shared = args.pipeline_args("ppo")
         train_stages(shared, only={"sft", "reward"})
         self.sft_path, self.reward_path = shared.sft_path, shared.reward_path
-        self.prompts, self.answers = evaluation.held_out_prompts(args.eval_dataset or args.rl_dataset, args.eval_prompts,
-                                                                 args.split_seed)
+        self.prompts, self.answers = shared.held_out_prompts()
         self.scorer = RewardModelScorer.from_pretrained(str(self.reward_path))
         # the SFT policy, for KL; loaded once, on first use
         self._reference = functools.cache(lambda: models.load_causal_lm(str(self.sft_path)))

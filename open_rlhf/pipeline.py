@@ -183,6 +183,13 @@ class PipelineArguments:
         """The stages that produce a policy (the gate checks these): SFT unless given, and the method."""
         return ([] if self.sft_model_path else ["sft"]) + [self.method]
 
+    def held_out_prompts(self) -> tuple[list, list[str] | None]:
+        """The evaluation's held-out prompts and gold answers (`open_rlhf.evaluation.held_out_prompts`):
+        ``eval_prompts`` of ``eval_dataset``'s held-out split, else of ``rl_dataset``'s (the prompts training held out)."""
+        from open_rlhf import evaluation
+
+        return evaluation.held_out_prompts(self.eval_dataset or self.rl_dataset, self.eval_prompts, self.split_seed)
+
     @property
     def reward_path(self) -> Path | None:
         if self.reward_model_path:
@@ -412,12 +419,11 @@ def train_stages(args: PipelineArguments, only: set[str] | None = None) -> dict:
 
 def _gate_stage(args: PipelineArguments, state: dict, name: str, command: list[str]) -> dict:
     """Run the capability gate (`open_rlhf.gate.run_gate`) on the finished policy stage ``name``."""
-    from open_rlhf import evaluation, gate
+    from open_rlhf import gate
 
     input_path = command[command.index("--model_name_or_path") + 1] if "--model_name_or_path" in command \
         else base_model(args)
-    prompts, answers = evaluation.held_out_prompts(args.eval_dataset or args.rl_dataset, args.eval_prompts,
-                                                   args.split_seed)
+    prompts, answers = args.held_out_prompts()
     prompts, answers = prompts[:args.gate_prompts], (answers[:args.gate_prompts] if answers else None)
     earlier = [r for r in state["gate"].values() if r["output"] == str(input_path)]
     print(f"=== gate: stage {name} ({input_path} -> {args.run_dir / name}) on {len(prompts)} held-out prompts"

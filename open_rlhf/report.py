@@ -53,8 +53,7 @@ def evaluate_run(args) -> dict:
     from open_rlhf.rewards import RewardModelScorer
 
     run = args.run_dir
-    prompts, answers = evaluation.held_out_prompts(args.eval_dataset or args.rl_dataset, args.eval_prompts,
-                                                   args.split_seed)
+    prompts, answers = args.held_out_prompts()
     final = args.method
     policy_paths = {"sft": args.sft_path, final: run / final}
     if args.eval_base_model:
