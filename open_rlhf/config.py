@@ -22,7 +22,27 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass
-class ScriptArguments(TRLScriptArguments):
+class CurveArguments:
+    """Learning-curve options (`open_rlhf.curves`) of the policy stages and of the round-based methods
+    (`open_rlhf.iterative`)."""
+
+    curve_every: int = field(default=0, metadata={
+        "help": "Learning curve: evaluate held-out accuracy / reward / KL every K steps (0: off; the round-based "
+                "methods of train_iterative.py: at the start and after every round, for any K > 0)."})
+    curve_prompts: int = field(default=64, metadata={"help": "Learning curve: held-out prompts per point."})
+    curve_dataset: str | None = field(
+        default=None,
+        metadata={"help": "Learning curve: prompt source (default: the stage's data for RL stages, else builtin)."},
+    )
+    curve_reward_model: str | None = field(
+        default=None, metadata={"help": "Learning curve: a reward model folder that scores the greedy responses."}
+    )
+    curve_kl_prompts: int = field(default=16, metadata={"help": "Learning curve: prompts of the KL estimate (0: no KL)."})
+    curve_max_new_tokens: int = field(default=96, metadata={"help": "Learning curve: generation length."})
+
+
+@dataclass
+class ScriptArguments(TRLScriptArguments, CurveArguments):
     """TRL's `ScriptArguments` plus the data and model options our stage scripts add.
 
     ``dataset_name`` (from TRL) is any source `open_rlhf.data` can read: ``builtin`` (the built-in arithmetic
@@ -52,20 +72,6 @@ class ScriptArguments(TRLScriptArguments):
         default=False,
         metadata={"help": "Replace the model's RMSNorm modules with our fused Triton kernel (open_rlhf.kernels)."},
     )
-    # Learning curves (open_rlhf.curves): policy stages only
-    curve_every: int = field(
-        default=0, metadata={"help": "Learning curve: evaluate held-out accuracy / reward / KL every K steps (0: off)."}
-    )
-    curve_prompts: int = field(default=64, metadata={"help": "Learning curve: held-out prompts per point."})
-    curve_dataset: str | None = field(
-        default=None,
-        metadata={"help": "Learning curve: prompt source (default: the stage's data for RL stages, else builtin)."},
-    )
-    curve_reward_model: str | None = field(
-        default=None, metadata={"help": "Learning curve: a reward model folder that scores the greedy responses."}
-    )
-    curve_kl_prompts: int = field(default=16, metadata={"help": "Learning curve: prompts of the KL estimate (0: no KL)."})
-    curve_max_new_tokens: int = field(default=96, metadata={"help": "Learning curve: generation length."})
 
 
 class HardwareDefaultsMixin:

@@ -11,6 +11,10 @@ Every method is the same loop over ``--rounds``; round r starts from the last ac
    with its start on held-out prompts; a round that regresses is rolled back (its folder stays on disk) and the loop
    stops (``--on_regression stop``) or goes on from the last accepted policy (``continue``).
 
+With ``--curve_every K`` (any K > 0), the starting policy and every round's policy get a point of a learning curve
+(held-out accuracy, reward and KL to the start at the optimizer steps trained so far: `round_curve`), plotted with the
+other methods' curves by the comparison and the sweep.
+
 Each step is skipped when its output exists, so a stopped run resumes at the step it stopped in; the rounds'
 record is ``<output_dir>/iterative_state.json``. At the end the last accepted policy is published into
 ``<output_dir>`` itself, behind the usual completion marker (`open_rlhf.outputs.save_final`), so the pipeline and the
@@ -39,6 +43,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from open_rlhf.atomic import atomic_write_text
+from open_rlhf.config import CurveArguments
 from open_rlhf.errors import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -53,8 +58,9 @@ STATE_FILE = "iterative_state.json"
 
 
 @dataclass
-class IterativeArguments:
-    """Options of ``scripts/train_iterative.py`` (YAML: ``config/iterative/*.yaml``)."""
+class IterativeArguments(CurveArguments):
+    """Options of ``scripts/train_iterative.py`` (YAML: ``config/iterative/*.yaml``); ``--curve_*``: a learning curve
+    of the rounds (`round_curve`)."""
 
     method: str = field(default="spin", metadata={"help": f"One of {', '.join(ROUND_METHODS)}."})
     model_name_or_path: str | None = field(default=None, metadata={
@@ -106,6 +112,9 @@ class IterativeArguments:
             raise ConfigError(f"--on_regression must be 'stop' or 'continue', got {self.on_regression!r}.")
         if self.reward:
             self.judge = self.reward
+        if self.curve_every < 0 or self.curve_prompts < 1:
+            raise ConfigError(f"--curve_every must be >= 0 and --curve_prompts >= 1, got {self.curve_every} and "
+                              f"{self.curve_prompts}.")
 
     @property
     def data_kind(self) -> str:
@@ -200,6 +209,47 @@ def round_command(args: IterativeArguments, round_index: int, start: str, data_f
             "--seed", str(args.seed + round_index), *shlex.split(args.stage_args)]
 
 
+def round_curve(args: IterativeArguments, start: str, held_out):
+    """The learning curve of the rounds (``--curve_every`` > 0): `open_rlhf.curves.LearningCurveCallback`'s
+    points, written to ``<output_dir>/learning_curve.jsonl`` / ``.png``, of the starting policy (step 0) and of every
+    round's policy (rolled-back ones too), at the optimizer steps trained so far; KL is to the starting policy.
+    The prompts are the rounds' own held-out split for prompt data (iterative_dpo, rft), else ``--curve_dataset``'s
+    (default builtin) held-out prompts with the same ``--split_seed``: never a training prompt.
+
+    Returns:
+        ``evaluate(policy_path, step)``, which adds the point of that step unless the curve file has it already (a
+        resumed run does not measure it again).
+    """
+    from open_rlhf import curves, evaluation, models, rewards
+
+    source = args.curve_dataset or (args.dataset_name if args.data_kind == "prompt" else "builtin")
+    if args.data_kind == "prompt" and source == args.dataset_name and held_out is not None:
+        rows = held_out.select(range(min(args.curve_prompts, len(held_out))))
+        prompts = list(rows["prompt"])
+        answers = list(rows["answer"]) if "answer" in rows.column_names else None
+    else:
+        prompts, answers = evaluation.held_out_prompts(source, args.curve_prompts, args.split_seed)
+    scorer = rewards.RewardModelScorer.from_pretrained(args.curve_reward_model) if args.curve_reward_model else None
+    callback = curves.LearningCurveCallback(models.load_tokenizer(start), prompts, answers, args.output_dir,
+                                            max(1, args.curve_every), reward_scorer=scorer,
+                                            reference=models.load_causal_lm(start), kl_prompts=args.curve_kl_prompts,
+                                            max_new_tokens=args.curve_max_new_tokens, batch_size=args.batch_size)
+    steps_done = {p["step"] for p in curves.read_curve(callback.path)} if callback.path.is_file() else set()
+
+    def evaluate(policy: str, step: int) -> None:
+        if step not in steps_done:
+            callback.evaluate(models.load_causal_lm(policy), step)
+            steps_done.add(step)
+
+    return evaluate
+
+
+def _trained_steps(policy_dir: Path) -> int:
+    """The optimizer steps of a finished round's stage (its ``trainer_state.json``)."""
+    state = policy_dir / "trainer_state.json"
+    return int(json.loads(state.read_text()).get("global_step", 0)) if state.is_file() else 0
+
+
 def run_rounds(args: IterativeArguments) -> dict:
     """Run (or resume) every round and publish the last accepted policy into ``args.output_dir``.
 
@@ -226,10 +276,17 @@ def run_rounds(args: IterativeArguments) -> dict:
                                        seed=args.split_seed)
     gate_rows = held_out.select(range(min(args.gate_prompts, len(held_out)))) if held_out is not None else None
     current, input_metrics = start, None
+    curve = round_curve(args, start, held_out) if args.curve_every else None
+    if curve:
+        curve(start, 0)
+    steps = 0
     for r in range(1, args.rounds + 1):
         folder, key = out / f"round{r}", str(r)
         record = state["rounds"].get(key, {})
         if record.get("accepted") is not None:  # finished earlier: replay its verdict
+            steps += _trained_steps(Path(record["policy"]))
+            if curve:
+                curve(record["policy"], steps)
             print(f"=== round {r}: already done ({'accepted' if record['accepted'] else 'rolled back'}), skipped",
                   flush=True)
             if record["accepted"]:
@@ -255,6 +312,9 @@ def run_rounds(args: IterativeArguments) -> dict:
         if not outputs.is_complete(policy_dir):
             _run_stage(f"round{r}", round_command(args, r, current, data_file, policy_dir), policy_dir)
         record.update(start=current, policy=str(policy_dir))
+        steps += _trained_steps(policy_dir)
+        if curve:
+            curve(str(policy_dir), steps)
         if args.gate and gate_rows is not None:
             answers = list(gate_rows["answer"]) if "answer" in gate_rows.column_names else None
             thresholds = gate.CapabilityThresholds(args.gate_max_accuracy_drop, 0.20, args.gate_max_kl, None)
