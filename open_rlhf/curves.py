@@ -141,6 +141,22 @@ def plot_run_curves(stage_dirs: dict[str, Path], out: str | Path, title: str) ->
     return plot_curves(curves, out, title=title, rewards=rewards) if curves else None
 
 
+def curve_prompts(source: str, own_held_out, count: int, split_seed: int) -> tuple[list, list[str] | None]:
+    """The held-out prompts of a learning curve: the first ``count`` rows of ``own_held_out`` (an RL run's own eval
+    split of prompt data, never trained on) when it is given, else the held-out prompts of ``source``
+    (`open_rlhf.evaluation.held_out_prompts` with ``split_seed``).
+
+    Returns:
+        `(prompts, answers)`: `P` conversational prompts and their `P` gold answers (None when the data has none).
+    """
+    from open_rlhf import evaluation
+
+    if own_held_out is None:
+        return evaluation.held_out_prompts(source, count, split_seed)
+    rows = own_held_out.select(range(min(count, len(own_held_out))))
+    return list(rows["prompt"]), list(rows["answer"]) if "answer" in rows.column_names else None
+
+
 @contextlib.contextmanager
 def _plain_forward(model):
     """Run ``model`` without the autocast wrapper `accelerate.Accelerator.prepare_model` puts around its ``forward``

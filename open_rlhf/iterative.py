@@ -220,15 +220,11 @@ def round_curve(args: IterativeArguments, start: str, held_out):
         ``evaluate(policy_path, step)``, which adds the point of that step unless the curve file has it already (a
         resumed run does not measure it again).
     """
-    from open_rlhf import curves, evaluation, models, rewards
+    from open_rlhf import curves, models, rewards
 
     source = args.curve_dataset or (args.dataset_name if args.data_kind == "prompt" else "builtin")
-    if args.data_kind == "prompt" and source == args.dataset_name and held_out is not None:
-        rows = held_out.select(range(min(args.curve_prompts, len(held_out))))
-        prompts = list(rows["prompt"])
-        answers = list(rows["answer"]) if "answer" in rows.column_names else None
-    else:
-        prompts, answers = evaluation.held_out_prompts(source, args.curve_prompts, args.split_seed)
+    own = held_out if args.data_kind == "prompt" and source == args.dataset_name else None
+    prompts, answers = curves.curve_prompts(source, own, args.curve_prompts, args.split_seed)
     scorer = rewards.RewardModelScorer.from_pretrained(args.curve_reward_model) if args.curve_reward_model else None
     callback = curves.LearningCurveCallback(models.load_tokenizer(start), prompts, answers, args.output_dir,
                                             max(1, args.curve_every), reward_scorer=scorer,

@@ -247,8 +247,7 @@ def _curve_callback(spec: StageSpec, script_args, training_args, loaded: dict, e
     """The `open_rlhf.curves.LearningCurveCallback` of ``--curve_every``: the held-out prompts are the stage's own
     eval split for an RL stage on its own data (never a training prompt), else the held-out prompts of
     ``--curve_dataset`` (default builtin) with the same ``split_seed``; the reference is the starting policy."""
-    from open_rlhf import evaluation
-    from open_rlhf.curves import LearningCurveCallback
+    from open_rlhf.curves import LearningCurveCallback, curve_prompts
     from open_rlhf.errors import ConfigError
 
     if spec.model in ("scalar_head", "step_classifier"):
@@ -258,12 +257,8 @@ def _curve_callback(spec: StageSpec, script_args, training_args, loaded: dict, e
         raise ConfigError(f"--curve_every must be >= 0 and --curve_prompts >= 1, got {script_args.curve_every} and "
                           f"{script_args.curve_prompts}.")
     source = script_args.curve_dataset or (script_args.dataset_name if spec.data_kind == "prompt" else "builtin")
-    if spec.data_kind == "prompt" and source == script_args.dataset_name and eval_dataset is not None:
-        held_out = eval_dataset.select(range(min(script_args.curve_prompts, len(eval_dataset))))
-        prompts = list(held_out["prompt"])
-        answers = list(held_out["answer"]) if "answer" in held_out.column_names else None
-    else:
-        prompts, answers = evaluation.held_out_prompts(source, script_args.curve_prompts, script_args.split_seed)
+    own = eval_dataset if spec.data_kind == "prompt" and source == script_args.dataset_name else None
+    prompts, answers = curve_prompts(source, own, script_args.curve_prompts, script_args.split_seed)
     reference = loaded.get("ref_model") or models.load_causal_lm(loaded["model_path"])
     scorer = None
     if script_args.curve_reward_model:
