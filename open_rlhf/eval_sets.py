@@ -22,7 +22,6 @@ kept in file order.
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,26 +77,16 @@ def _user(content: str) -> list[dict[str, str]]:
 
 
 def _read_jsonl(path: Path) -> list[tuple[int, dict[str, Any]]]:
-    """``(line number, record)`` for each non-empty line; a bad line is a `DataFormatError` naming it."""
+    """``(line number, record)`` for each non-empty line (`open_rlhf.data`'s reader); a bad line is a
+    `DataFormatError` naming it."""
     try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as err:
-        raise DataFormatError(f"{path} is not UTF-8 text (byte {err.start}: {err.reason}). Fix: restore the "
-                              "file from the shared data.") from err
-    records = []
-    # Split on "\n" only: str.splitlines() would also split on U+2028 inside JSON strings.
-    for number, line in enumerate(text.split("\n"), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise DataFormatError(f"bad JSON on line {number} of {path}: {err.msg} (column {err.colno}). "
-                                  "Fix: each line must be one complete JSON object; restore the file from "
-                                  "the shared data (its README gives the sha256).") from err
+        records = data._read_jsonl(path)
+    except DataFormatError as err:
+        raise DataFormatError(f"{err} Or restore the file from the shared data (its README gives the sha256).") from err
+    for number, record in records:
         if not isinstance(record, dict):
-            raise DataFormatError(f"line {number} of {path} is a JSON {type(record).__name__}, not an object")
-        records.append((number, record))
+            raise DataFormatError(f"line {number} of {path} is a JSON {type(record).__name__}, not an object. Fix: "
+                                  "restore the file from the shared data.")
     if not records:
         raise DataFormatError(f"{path} holds no records. Fix: restore the file from the shared data.")
     return records
