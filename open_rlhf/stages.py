@@ -243,6 +243,28 @@ def _build_trainer(spec: StageSpec, loaded: dict, training_args, model_args, tra
     return trainer
 
 
+def seeded_order(training_args, train_dataset):
+    """The training set in the order a trainer that samples sequentially will see it: shuffled once with
+    ``data_seed`` (else ``seed``), as transformers' random sampler would, so that the seed decides the data order.
+
+    TRL's `KTOTrainer` requires ``train_sampling_strategy="sequential"`` (it precomputes each example's KL
+    completion by position), so without this shuffle every KTO seed trains on the same batches in file order
+    (measured: seeds 0 and 1 logged identical losses). Any other strategy (``"random"``, or a user's choice for
+    another stage) gets the dataset unchanged.
+
+    Args:
+        training_args: the stage's TRL config (``train_sampling_strategy``, ``seed``, ``data_seed``).
+        train_dataset (`datasets.Dataset`): the training split (a streaming stage keeps the file's order).
+
+    Returns:
+        `datasets.Dataset`: ``train_dataset``, shuffled when the trainer samples sequentially.
+    """
+    if getattr(training_args, "train_sampling_strategy", "random") != "sequential":
+        return train_dataset
+    seed = training_args.data_seed if training_args.data_seed is not None else training_args.seed
+    return train_dataset.shuffle(seed=seed).flatten_indices()
+
+
 def _curve_callback(spec: StageSpec, script_args, training_args, loaded: dict, eval_dataset):
     """The `open_rlhf.curves.LearningCurveCallback` of ``--curve_every``: the held-out prompts are the stage's own
     eval split for an RL stage on its own data (never a training prompt), else the held-out prompts of
@@ -389,6 +411,8 @@ def run_stage(name: str, script_args: ScriptArguments, training_args, model_args
         train_dataset, eval_dataset = data.load_splits(
             script_args.dataset_name, spec.data_kind, eval_size=script_args.eval_size, seed=script_args.split_seed,
             max_samples=script_args.max_train_samples)
+        if spec.name == "kto":  # TRL's KTOTrainer samples in order: the seed must decide that order
+            train_dataset = seeded_order(training_args, train_dataset)
     if reward is not None:
         rewards.check_columns(reward, train_dataset.column_names, script_args.dataset_name)
     if spec.data_kind == "stepwise" and "labels" not in train_dataset.column_names:

@@ -12,6 +12,12 @@ interval and the exact McNemar p-value, reward-model win rate and KL to the SFT 
 the SFT policy on ``--preference_dataset`` with ``--eval_pairs`` pairs held out, and is scored by its held-out pair
 accuracy (share of pairs with r(chosen) > r(rejected), 95% Wilson interval) and mean margin.
 
+``sft`` is the control family (``--grid sft.max_steps=20 sft.learning_rate=1e-5``): such a point continues SFT from
+the SFT policy on ``--sft_dataset`` (the SFT preset, ``--sft_args``, then the grid values and the seed) and is scored
+like a method. It is the "Preferred-FT" baseline of Rafailov et al. 2023 (§6.1: fine-tuning on the chosen answers
+alone): a preference method whose data holds the demonstrations as chosen answers (the built-in pairs) must beat the
+same budget of plain SFT on them, or its gain over the SFT policy is more SFT, not preference learning.
+
 Outputs, rewritten atomically after every point (so a partial sweep is readable):
 
 - ``sweep.csv``: one row per point: method, seed, each grid value, the metrics, train time, the stage command;
@@ -43,6 +49,7 @@ from open_rlhf.curves import plot_run_curves
 from open_rlhf.errors import ConfigError, StageFailedError, parse_config, user_errors
 
 REWARD = "reward"  # the point family of reward models (scored by held-out pair accuracy, not by a policy's)
+SFT = "sft"  # the control family: SFT continued from the SFT policy (Preferred-FT), scored like a method
 # settings added after the first sweeps, with the value those sweeps had
 _META_DEFAULTS = {"preference_dataset": "builtin", "eval_pairs": 256, "eval_dataset": None}
 _GRID_ITEM = re.compile(r"^(?P<method>[A-Za-z0-9_]+)\.(?P<param>[A-Za-z_][A-Za-z0-9_]*)=(?P<values>.+)$")
@@ -82,10 +89,10 @@ class SweepArguments(FromSFTArguments):
             if not values:
                 raise ConfigError(f"--grid {item!r}: no values after '='.")
             grids.setdefault(match["method"], {})[match["param"]] = values
-        unknown = [m for m in grids if m not in METHODS and m != REWARD]
+        unknown = [m for m in grids if m not in METHODS and m not in (REWARD, SFT)]
         if unknown:
-            raise ConfigError(f"--grid / --methods: unknown method {unknown}; choose from {', '.join(METHODS)} or "
-                              f"{REWARD} (a reward model).")
+            raise ConfigError(f"--grid / --methods: unknown method {unknown}; choose from {', '.join(METHODS)}, "
+                              f"{REWARD} (a reward model) or {SFT} (continued SFT, the control).")
         if not grids:
             raise ConfigError("A sweep needs --grid items or --methods (e.g. --grid dpo.beta=0.1,0.5).")
         if not self.seeds:
@@ -147,12 +154,17 @@ def run_sweep(args: SweepArguments) -> list[dict]:
             pipeline_args = args.pipeline_args(
                 "ppo", run_name=point["name"], runs_dir=str(run), sft_model_path=str(start.sft_path),
                 reward_model_path=None, reward_args=point_flags(point, args.reward_args), eval_pairs=args.eval_pairs)
+        elif point["method"] == SFT:  # an SFT stage that starts from the shared SFT policy
+            pipeline_args = args.pipeline_args(
+                "ppo", run_name=point["name"], runs_dir=str(run), model_name_or_path=str(start.sft_path),
+                sft_model_path=None, reward_model_path=str(start.reward_path),
+                sft_args=point_flags(point, args.sft_args, args.curve_every))
         else:
             pipeline_args = args.pipeline_args(
                 point["method"], point_flags(point, args.method_args, args.curve_every), run_name=point["name"],
                 runs_dir=str(run), sft_model_path=str(start.sft_path), reward_model_path=str(start.reward_path))
         try:
-            state = train_stages(pipeline_args, only={REWARD} if point["method"] == REWARD else None)
+            state = train_stages(pipeline_args, only={point["method"]} if point["method"] in (REWARD, SFT) else None)
         except StageFailedError as error:  # a failed point is a result too; the sweep goes on (and retries it)
             print(f"=== sweep {point['name']}: FAILED ({error})", flush=True)
             rows.append({**base, "status": "failed", "error": str(error).splitlines()[0]})
@@ -165,6 +177,9 @@ def run_sweep(args: SweepArguments) -> list[dict]:
             row = {**base, "status": "done", **point["params"],
                    **reward_point_row(stage_dir, args.preference_dataset, args.eval_pairs, args.split_seed, stage,
                                       marker)}
+        elif point["method"] == SFT:
+            row = {**base, "status": "done", **point["params"],
+                   **control_row(start, start.evaluate(stage_dir), stage, marker)}
         else:
             row = {**base, "status": "done", **point["params"],
                    **start.row(point["method"], start.evaluate(stage_dir), stage, marker)}
@@ -174,6 +189,17 @@ def run_sweep(args: SweepArguments) -> list[dict]:
         write_outputs(rows, run)
     write_outputs(rows, run)
     return rows
+
+
+def control_row(start: FromSFT, metrics: dict, stage: dict, marker: dict) -> dict:
+    """The comparison row (`open_rlhf.compare.comparison_row`) of a continued-SFT point against the SFT policy it
+    started from, with the family ``"control"``: the same paired test and intervals as a method's row."""
+    from open_rlhf.compare import comparison_row
+    from open_rlhf.pipeline import Method
+
+    control = Method("train_sft.py", "config/sft/default.yaml", "sft", None, False,
+                     "Rafailov et al. 2023 (Preferred-FT baseline)")
+    return {**comparison_row(SFT, control, metrics, start.sft, stage, marker), "family": "control"}
 
 
 def reward_point_row(stage_dir: Path, preference_dataset: str, eval_pairs: int, split_seed: int, stage: dict,

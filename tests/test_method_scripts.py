@@ -102,3 +102,26 @@ def test_reward_spec_needing_answers_is_checked_against_the_data(tmp_path, tiny_
         run("grpo", ["--model_name_or_path", str(tiny_model_dir), "--output_dir", str(tmp_path / "o"),
                            "--dataset_name", str(prompts), "--max_steps", "1",
                            *[f if f != "length:5" else "math" for f in ONLINE]])
+
+
+def test_kto_data_order_follows_the_seed(tmp_path, tiny_model_dir):
+    """TRL's KTOTrainer samples in order, so the stage shuffles the training set with the seed (stages.seeded_order):
+    two seeds train on different batches, one seed always on the same ones; random samplers keep the dataset."""
+    from datasets import Dataset
+    from trl import DPOConfig, KTOConfig
+
+    from open_rlhf.stages import seeded_order
+
+    ds = Dataset.from_dict({"i": list(range(32))})
+    order = lambda **kw: seeded_order(KTOConfig(output_dir=str(tmp_path), bf16=False, **kw), ds)["i"]  # noqa: E731
+    assert order(seed=0) == order(seed=0) != order(seed=1) and sorted(order(seed=1)) == list(range(32))
+    assert order(seed=0, data_seed=5) == order(seed=1, data_seed=5)  # transformers' data_seed wins over seed
+    assert seeded_order(DPOConfig(output_dir=str(tmp_path), bf16=False, seed=1), ds)["i"] == list(range(32))
+
+    first_batch = {}
+    for seed in (0, 1, 0):
+        out = tmp_path / f"s{seed}-{len(first_batch)}"
+        run("kto", ["--model_name_or_path", str(tiny_model_dir), "--output_dir", str(out), "--max_steps", "1",
+                    *COMMON, "--seed", str(seed)])
+        first_batch.setdefault(seed, []).append(history(out)[0]["entropy"])
+    assert first_batch[0][0] == first_batch[0][1] != first_batch[1][0]

@@ -35,6 +35,7 @@ def test_grid_is_the_product_of_a_methods_items_times_seeds():
     (["dpo.beta="], "METHOD.PARAM=V1"),
     (["dpo.beta=,"], "no values"),
     (["sft2.beta=1"], "unknown method"),
+    (["ppo2.beta=1"], "sft \\(continued SFT, the control\\)"),
     ([], "needs --grid"),
 ])
 def test_bad_grids_are_clear_errors(grid, message):
@@ -58,6 +59,14 @@ def test_summary_averages_seeds_and_counts_significant_ones():
     assert (s["min_delta"], s["max_delta"], s["significant_seeds"]) == (-0.1, 0.1, 1)
 
 
+def test_continued_sft_is_the_control_family():
+    points = SweepArguments(grid=["sft.max_steps=20,60", "kto.beta=0.1"], seeds=[0]).points()
+    assert [(p["method"], p["params"]) for p in points] == [
+        ("sft", {"max_steps": "20"}), ("sft", {"max_steps": "60"}), ("kto", {"beta": "0.1"})]
+    assert point_flags(points[0], "--logging_steps 1", curve_every=10) == (
+        "--logging_steps 1 --max_steps 20 --curve_every 10 --seed 0")
+
+
 def test_reward_models_are_a_point_family_with_their_own_summary():
     points = SweepArguments(grid=["reward.learning_rate=3e-5,1e-4"], seeds=[0, 1]).points()
     assert [(p["method"], p["params"]["learning_rate"], p["seed"]) for p in points] == [
@@ -77,13 +86,20 @@ def test_reward_models_are_a_point_family_with_their_own_summary():
 
 @pytest.mark.slow  # trains an SFT policy, a reward model and two DPO points (~1 min); make test-slow
 def test_tiny_sweep_end_to_end_resumes_and_guards_its_settings(tmp_path, tiny_model_dir, capsys):
-    args = SweepArguments(grid=["dpo.learning_rate=1e-3,1e-2", "reward.learning_rate=1e-3"], eval_pairs=6,
+    args = SweepArguments(grid=["dpo.learning_rate=1e-3,1e-2", "reward.learning_rate=1e-3", "sft.learning_rate=1e-3"],
+                          eval_pairs=6,
                           run_name="sw", runs_dir=str(tmp_path),
                           model_name_or_path=str(tiny_model_dir), sft_args=f"--max_steps 1 {TINY_STAGE}",
                           reward_args=f"--max_steps 1 {TINY_STAGE}", method_args=METHOD_ARGS["dpo"],
                           eval_prompts=4, eval_max_new_tokens=8, eval_batch_size=4, curve_every=1)
     rows = run_sweep(args)
     assert [r["point"] for r in rows][:2] == ["dpo-learning_rate1e-3-s0", "dpo-learning_rate1e-2-s0"]
+    control = rows.pop()  # continued SFT from the shared SFT policy, with the same paired test as a method
+    assert control["method"] == "sft" and control["family"] == "control" and control["status"] == "done"
+    assert f"--model_name_or_path {tmp_path / 'sw' / 'sft'} " in control["command"]
+    assert "train_sft.py" in control["command"] and "--learning_rate 1e-3" in control["command"]
+    assert 0 < control["p_vs_sft"] <= 1 and control["delta_ci_low"] <= control["accuracy_delta_vs_sft"]
+    assert control["kl_vs_sft"] is not None
     reward = rows.pop()  # a reward model from the SFT policy, scored on the pairs its stage held out
     assert reward["method"] == "reward" and reward["eval_pairs"] == 6 and "--eval_size 6" in reward["command"]
     assert reward["accuracy_ci_low"] <= reward["accuracy"] <= reward["accuracy_ci_high"]
@@ -94,14 +110,14 @@ def test_tiny_sweep_end_to_end_resumes_and_guards_its_settings(tmp_path, tiny_mo
         assert "--learning_rate " + r["learning_rate"] in r["command"] and "--seed 0" in r["command"]
     with open(tmp_path / "sw" / "sweep.csv") as f:
         assert [(r["method"], r["learning_rate"]) for r in csv.DictReader(f)] == [
-            ("dpo", "1e-3"), ("dpo", "1e-2"), ("reward", "1e-3")]
+            ("dpo", "1e-3"), ("dpo", "1e-2"), ("reward", "1e-3"), ("sft", "1e-3")]
     md = (tmp_path / "sw" / "sweep.md").read_text()
     assert "| dpo |" in md and '| `{"learning_rate": "1e-3"}` | 1 |' in md  # the reward models' own table
     assert (tmp_path / "sw" / "learning_curves.png").stat().st_size > 0  # both points' curves, one figure
 
     capsys.readouterr()
     again = run_sweep(args)
-    assert capsys.readouterr().out.count("already done") == 3
+    assert capsys.readouterr().out.count("already done") == 4
     assert [r["accuracy"] for r in again[:2]] == [r["accuracy"] for r in rows]
     assert json.loads((tmp_path / "sw" / "sweep.json").read_text())["eval_prompts"] == 4
     args.eval_prompts = 8
