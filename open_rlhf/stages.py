@@ -249,8 +249,10 @@ def seeded_order(training_args, train_dataset):
 
     TRL's `KTOTrainer` requires ``train_sampling_strategy="sequential"`` (it precomputes each example's KL
     completion by position), so without this shuffle every KTO seed trains on the same batches in file order
-    (measured: seeds 0 and 1 logged identical losses). Any other strategy (``"random"``, or a user's choice for
-    another stage) gets the dataset unchanged.
+    (measured: seeds 0 and 1 logged identical losses). Worse, pairs are unpaired in blocks of 1,000 (TRL's
+    `unpair_preference_dataset`), so in file order the first 1,000 examples are all desirable: the KTO preset's
+    320 examples held no undesirable answer, and KTO was SFT on the chosen answers. Any other strategy
+    (``"random"``, or a user's choice for another stage) gets the dataset unchanged.
 
     Args:
         training_args: the stage's TRL config (``train_sampling_strategy``, ``seed``, ``data_seed``).

@@ -125,3 +125,19 @@ def test_kto_data_order_follows_the_seed(tmp_path, tiny_model_dir):
                     *COMMON, "--seed", str(seed)])
         first_batch.setdefault(seed, []).append(history(out)[0]["entropy"])
     assert first_batch[0][0] == first_batch[0][1] != first_batch[1][0]
+
+
+def test_kto_batches_mix_desirable_and_undesirable_examples(tmp_path):
+    """Built-in pairs are unpaired in blocks of 1,000 (TRL's `unpair_preference_dataset`), so in file order the KTO
+    preset's 20 steps x 16 examples were all desirable answers (KTO reduced to SFT on the chosen answers); the
+    seeded order mixes both labels from the first batch on."""
+    from trl import KTOConfig
+
+    from open_rlhf import data
+    from open_rlhf.stages import seeded_order
+
+    train, _ = data.load_splits("builtin", "unpaired", eval_size=64, seed=42)
+    assert all(train["label"][:320])  # file order: the first 1,000 rows are one side of the pairs
+    for seed in (0, 1):
+        labels = seeded_order(KTOConfig(output_dir=str(tmp_path), bf16=False, seed=seed), train)["label"][:320]
+        assert 100 < sum(labels) < 220 and any(labels[:16]) and not all(labels[:16])
