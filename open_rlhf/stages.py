@@ -251,8 +251,9 @@ def seeded_order(training_args, train_dataset):
     completion by position), so without this shuffle every KTO seed trains on the same batches in file order
     (measured: seeds 0 and 1 logged identical losses). Worse, pairs are unpaired in blocks of 1,000 (TRL's
     `unpair_preference_dataset`), so in file order the first 1,000 examples are all desirable: the KTO preset's
-    320 examples held no undesirable answer, and KTO was SFT on the chosen answers. Any other strategy
-    (``"random"``, or a user's choice for another stage) gets the dataset unchanged.
+    320 examples held no undesirable answer, and KTO was SFT on the chosen answers. `run_stage` applies it to the
+    KTO stage only (a user's ``sequential`` choice for another stage is kept); any other strategy gets the dataset
+    unchanged.
 
     Args:
         training_args: the stage's TRL config (``train_sampling_strategy``, ``seed``, ``data_seed``).

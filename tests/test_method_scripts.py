@@ -119,8 +119,8 @@ def test_kto_data_order_follows_the_seed(tmp_path, tiny_model_dir):
     assert seeded_order(DPOConfig(output_dir=str(tmp_path), bf16=False, seed=1), ds)["i"] == list(range(32))
 
     first_batch = {}
-    for seed in (0, 1, 0):
-        out = tmp_path / f"s{seed}-{len(first_batch)}"
+    for run_index, seed in enumerate((0, 1, 0)):
+        out = tmp_path / f"run{run_index}-seed{seed}"
         run("kto", ["--model_name_or_path", str(tiny_model_dir), "--output_dir", str(out), "--max_steps", "1",
                     *COMMON, "--seed", str(seed)])
         first_batch.setdefault(seed, []).append(history(out)[0]["entropy"])
