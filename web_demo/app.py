@@ -480,7 +480,7 @@ def build_ui(demo: Demo) -> gr.Blocks:
                     job_kind = gr.Radio(["DPO policy", "reward model"], value="DPO policy", label="Train")
                     job_model = gr.Dropdown(policies, value=policies[0], label="Starting policy (also the DPO reference)")
                 with gr.Row():
-                    job_steps = gr.Number(20, label="Steps", precision=0, minimum=1)
+                    job_steps = gr.Number(20, label="Steps", precision=0, minimum=1, elem_id="job-steps")
                     job_lr = gr.Number(1e-5, label="Learning rate")
                     job_beta = gr.Number(0.1, label="DPO beta")
                 with gr.Row():

@@ -148,7 +148,8 @@ def _train_from_votes(page, seen: BrowserCheck, out: Path, steps: int, timeout_m
     from playwright.sync_api import expect
 
     page.get_by_role("tab", name="Feedback").click()
-    steps_box = page.get_by_label("Steps")
+    # by id: get_by_label("Steps") also matches a chat reply whose text contains "steps" (CI failure, stop 28)
+    steps_box = page.locator("#job-steps input")
     steps_box.fill(str(steps))
     page.locator("#job-start").click()
     status = page.locator("#job-status")
