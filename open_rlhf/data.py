@@ -48,6 +48,7 @@ import itertools
 import json
 import logging
 import os
+import random
 import re
 import zlib
 from collections.abc import Callable, Iterator
@@ -1056,8 +1057,9 @@ def load_splits(source: str, kind: str, eval_size: int | float, seed: int = 42, 
 STREAMING_KINDS = ("sft", "preference", "unpaired")  # the `load_splits` kinds that `load_streaming_splits` reads
 STREAMING_SUFFIXES = (".jsonl", ".jsonl.gz", ".parquet")  # files read a record at a time
 # Pairs unpaired at a time (KTO from pairs): the chosen halves of a block, then its rejected halves, as TRL's
-# `unpair_preference_dataset` does with its batched map of 1000 rows. Two halves of one pair are then never side by
-# side, where KTO's KL estimate (completions rotated by one within a batch) would pair a prompt with its own answer.
+# `unpair_preference_dataset` does with its batched map of 1000 rows; the KTO stage then shuffles each block with its
+# seed (`_unpair_blocks`), as it shuffles an in-memory training set (`stages.seeded_order`). A block bounds the
+# memory of that shuffle.
 _UNPAIR_BLOCK = 1000
 _PARQUET_BATCH = 1024  # rows read from a parquet file at a time
 
@@ -1241,17 +1243,25 @@ class _ExampleStream:
                                   f"above for the records that were skipped.")
 
 
-def _unpair_blocks(pairs: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+def _unpair_blocks(pairs: Iterator[dict[str, Any]], seed: int | None = None) -> Iterator[dict[str, Any]]:
     """Pairs -> unpaired examples, `_UNPAIR_BLOCK` pairs at a time: the block's chosen halves (``label=True``),
-    then its rejected halves (``label=False``), other columns kept (as `unpair`)."""
-    while block := list(itertools.islice(pairs, _UNPAIR_BLOCK)):
-        for label, column in ((True, "chosen"), (False, "rejected")):
-            for pair in block:
-                rest = {k: v for k, v in pair.items() if k not in ("chosen", "rejected")}
-                yield {**rest, "completion": pair[column], "label": label}
+    then its rejected halves (``label=False``), other columns kept (as `unpair`). With a ``seed``, each block's
+    examples are shuffled by a generator seeded with the seed and the block's index, so every pass (and a resume)
+    reads the same order and a batch holds both labels."""
+    for index in itertools.count():
+        block = list(itertools.islice(pairs, _UNPAIR_BLOCK))
+        if not block:
+            return
+        examples = [{**{k: v for k, v in pair.items() if k not in ("chosen", "rejected")},
+                     "completion": pair[column], "label": label}
+                    for label, column in ((True, "chosen"), (False, "rejected")) for pair in block]
+        if seed is not None:
+            random.Random(seed * 1_000_003 + index).shuffle(examples)
+        yield from examples
 
 
-def _training_stream(stream: _ExampleStream, skip: int, max_samples: int | None) -> Iterator[dict[str, Any]]:
+def _training_stream(stream: _ExampleStream, skip: int, max_samples: int | None,
+                     seed: int | None = None) -> Iterator[dict[str, Any]]:
     """The training examples, endlessly: every pass over the source skips its first ``skip`` examples (the
     held-out ones) and gives at most ``max_samples``, then the next pass starts over."""
     passes = 0
@@ -1259,7 +1269,7 @@ def _training_stream(stream: _ExampleStream, skip: int, max_samples: int | None)
         examples = itertools.islice(iter(stream), skip, None)
         if stream.paired:
             cap = None if max_samples is None else -(-max_samples // 2)  # pairs enough for max_samples examples
-            examples = _unpair_blocks(itertools.islice(examples, cap))
+            examples = _unpair_blocks(itertools.islice(examples, cap), seed)
         count = 0
         for example in itertools.islice(examples, max_samples):
             count += 1
@@ -1273,7 +1283,8 @@ def _training_stream(stream: _ExampleStream, skip: int, max_samples: int | None)
 
 
 def load_streaming_splits(source: str, kind: str, eval_size: int | float, max_samples: int | None = None,
-                          split: str = "train", conversational: bool = True) -> tuple[IterableDataset, Dataset | None]:
+                          split: str = "train", conversational: bool = True,
+                          seed: int | None = None) -> tuple[IterableDataset, Dataset | None]:
     """Train and eval sets of one stage for data larger than memory: the training set streams from the source.
 
     The source (a ``.jsonl``, ``.jsonl.gz`` or ``.parquet`` file, a folder of them as `load_records` reads a folder,
@@ -1292,7 +1303,7 @@ def load_streaming_splits(source: str, kind: str, eval_size: int | float, max_sa
     shuffle such a file once (``shuf data.jsonl > shuffled.jsonl``) before streaming it.
 
     Training order: the source's own order (no shuffle: a shuffle needs the data in memory, or a buffer that
-    makes a resume depend on it), endlessly: after the last example the next pass starts again after the held-out
+    makes a resume depend on it; pairs unpaired for KTO are the exception, see ``seed``), endlessly: after the last example the next pass starts again after the held-out
     examples, so ``max_steps`` decides the length of training and the Trainer sees one endless epoch. That is what
     makes a resume exact: transformers' `Trainer` resumes an `IterableDataset` by skipping the batches of the
     steps already trained (``ignore_data_skip=False``, the default; the skipped rows are read and tokenised again,
@@ -1308,6 +1319,9 @@ def load_streaming_splits(source: str, kind: str, eval_size: int | float, max_sa
             examples for ``"unpaired"``), repeated.
         split (`str`): the Hub split, and the file-name filter of a folder (see `load_records`).
         conversational (`bool`): wrap string prompts/completions as conversations.
+        seed (`int`, *optional*): for ``"unpaired"`` from pairs, shuffle each block's examples with this seed (the
+            same order on every pass and resume). Without it a block gives its `_UNPAIR_BLOCK` desirable examples,
+            then its undesirable ones, so KTO's batches are one-sided for a thousand examples at a time.
 
     Returns:
         `tuple[datasets.IterableDataset, datasets.Dataset | None]`: ``(train, eval)``; ``train`` has no length and
@@ -1342,5 +1356,6 @@ def load_streaming_splits(source: str, kind: str, eval_size: int | float, max_sa
     if evaluation is not None and stream.paired:
         evaluation = unpair(evaluation)
     train = IterableDataset.from_generator(_training_stream,
-                                           gen_kwargs={"stream": stream, "skip": amount, "max_samples": max_samples})
+                                           gen_kwargs={"stream": stream, "skip": amount, "max_samples": max_samples,
+                                                       "seed": seed})
     return train, evaluation

@@ -257,15 +257,20 @@ def seeded_order(training_args, train_dataset):
 
     Args:
         training_args: the stage's TRL config (``train_sampling_strategy``, ``seed``, ``data_seed``).
-        train_dataset (`datasets.Dataset`): the training split (a streaming stage keeps the file's order).
+        train_dataset (`datasets.Dataset`): the training split (a streaming KTO stage shuffles within blocks
+            instead: `data.load_streaming_splits`'s ``seed``).
 
     Returns:
         `datasets.Dataset`: ``train_dataset``, shuffled when the trainer samples sequentially.
     """
     if getattr(training_args, "train_sampling_strategy", "random") != "sequential":
         return train_dataset
-    seed = training_args.data_seed if training_args.data_seed is not None else training_args.seed
-    return train_dataset.shuffle(seed=seed).flatten_indices()
+    return train_dataset.shuffle(seed=data_seed(training_args)).flatten_indices()
+
+
+def data_seed(training_args) -> int:
+    """The seed of the data order: ``data_seed``, else ``seed`` (as transformers' `Trainer` seeds its sampler)."""
+    return training_args.data_seed if training_args.data_seed is not None else training_args.seed
 
 
 def _curve_callback(spec: StageSpec, script_args, training_args, loaded: dict, eval_dataset):
@@ -409,7 +414,7 @@ def run_stage(name: str, script_args: ScriptArguments, training_args, model_args
     if streaming:  # an IterableDataset that never ends (max_steps decides) and the first eval_size examples
         train_dataset, eval_dataset = data.load_streaming_splits(
             script_args.dataset_name, spec.data_kind, eval_size=script_args.eval_size,
-            max_samples=script_args.max_train_samples)
+            max_samples=script_args.max_train_samples, seed=data_seed(training_args))
     else:
         train_dataset, eval_dataset = data.load_splits(
             script_args.dataset_name, spec.data_kind, eval_size=script_args.eval_size, seed=script_args.split_seed,

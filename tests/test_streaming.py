@@ -112,6 +112,30 @@ def test_pairs_for_kto_are_split_then_unpaired_in_blocks(tmp_path):
         ("What is 2 + 1?", True), ("What is 3 + 1?", True), ("What is 2 + 1?", False), ("What is 3 + 1?", False)]
 
 
+def test_a_seed_shuffles_each_block_of_unpaired_examples(tmp_path, monkeypatch):
+    """Without a seed a block gives all its desirable examples first, so KTO's batches are one-sided; with the
+    stage's seed each block's examples are shuffled: the same examples per block, both labels in each block's first
+    half, the same order on every read and every pass, another order for another seed."""
+    monkeypatch.setattr(data, "_UNPAIR_BLOCK", 6)  # 12 training pairs: two blocks
+    path = str(_write_jsonl(tmp_path / "pairs.jsonl", _pair_rows(14)))
+
+    def key(row):
+        return row["prompt"][0]["content"], row["completion"][0]["content"], row["label"]
+
+    _, plain = _one_pass(path, "unpaired", eval_size=2)
+    _, seeded = _one_pass(path, "unpaired", eval_size=2, seed=0)
+    assert len(seeded) == 24
+    for block in (slice(0, 12), slice(12, 24)):
+        assert sorted(map(key, seeded[block])) == sorted(map(key, plain[block]))
+    assert [row["label"] for row in plain[:12]] == [True] * 6 + [False] * 6
+    for batch in (seeded[:6], seeded[12:18]):  # the all-desirable halves of the unshuffled blocks
+        assert {row["label"] for row in batch} == {True, False}
+    train, _ = data.load_streaming_splits(path, "unpaired", eval_size=2, seed=0)
+    two_passes = list(itertools.islice(iter(train), 48))
+    assert two_passes[:24] == seeded and two_passes[24:] == seeded
+    assert _one_pass(path, "unpaired", eval_size=2, seed=1)[1] != seeded
+
+
 def test_gzip_parquet_and_folder_sources(tmp_path):
     rows = _sft_rows(6)
     _write_jsonl(tmp_path / "rows.jsonl.gz", rows)
