@@ -23,6 +23,8 @@ Outputs, rewritten atomically after every point (so a partial sweep is readable)
 - ``sweep.csv``: one row per point: method, seed, each grid value, the metrics, train time, the stage command;
 - ``sweep.md``: per method and configuration, the mean over seeds, best first;
 - ``learning_curves.png``: with ``--curve_every``, every point's learning curve in one figure.
+- ``<point>/evaluation.json``: the point's per-prompt evaluation (responses, correctness, reward scores), so two
+  points can be compared paired: ``--versus A B`` (`paired_comparison`), e.g. a method against the control.
 
 A point that finished training and evaluation is never redone (its ``result.json``), so a stopped sweep resumes
 where it stopped, and growing the grid only runs the new points. A point whose stage fails is recorded as failed
@@ -35,6 +37,7 @@ and the sweep goes on. ``--curve_every K`` gives every point a learning curve (`
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import itertools
 import json
@@ -44,13 +47,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from open_rlhf.atomic import atomic_write_text
-from open_rlhf.compare import FromSFT, FromSFTArguments, comparison_row
+from open_rlhf.compare import FromSFT, FromSFTArguments, cached_json, comparison_row
 from open_rlhf.curves import plot_run_curves
 from open_rlhf.errors import ConfigError, StageFailedError, parse_config, user_errors
 from open_rlhf.pipeline import Method
 
 REWARD = "reward"  # the point family of reward models (scored by held-out pair accuracy, not by a policy's)
 SFT = "sft"  # the control family: SFT continued from the SFT policy (Preferred-FT), scored like a method
+EVALUATION_FILE = "evaluation.json"  # a point's per-prompt evaluation (`paired_comparison`)
 _CONTROL = Method("train_sft.py", "config/sft/default.yaml", "sft", None, False,
                   "Rafailov et al. 2023 (Preferred-FT baseline)")
 # settings added after the first sweeps, with the value those sweeps had
@@ -70,8 +74,16 @@ class SweepArguments(FromSFTArguments):
     seeds: list[int] = field(default_factory=lambda: [0], metadata={"help": "Seeds of every configuration."})
     eval_pairs: int = field(default=256, metadata={
         "help": "Held-out preference pairs of the reward-model points (their pair accuracy)."})
+    versus: list[str] = field(default_factory=list, metadata={
+        "help": "Two finished points (folders <runs_dir>/<sweep>/<point>, or a sweep folder for its SFT policy): "
+                "print the paired comparison of the first against the second on the same prompts and exit; "
+                "e.g. a method against the continued-SFT control of the same budget."})
 
     def __post_init__(self):
+        if self.versus:
+            if len(self.versus) != 2:
+                raise ConfigError(f"--versus takes two point folders (A B: A against B), got {len(self.versus)}.")
+            return
         self.points()  # a bad grid fails before anything runs
 
     def points(self) -> list[dict]:
@@ -180,18 +192,72 @@ def run_sweep(args: SweepArguments) -> list[dict]:
             row = {**base, "status": "done", **point["params"],
                    **reward_point_row(stage_dir, args.preference_dataset, args.eval_pairs, args.split_seed, stage,
                                       marker)}
-        elif point["method"] == SFT:
-            row = {**base, "status": "done", **point["params"],
-                   **control_row(start, start.evaluate(stage_dir), stage, marker)}
-        else:
-            row = {**base, "status": "done", **point["params"],
-                   **start.row(point["method"], start.evaluate(stage_dir), stage, marker)}
-            row["sft_accuracy"] = start.sft["accuracy"]
+        else:  # the per-prompt evaluation is kept for paired comparisons between points (--versus)
+            metrics = cached_json(folder / EVALUATION_FILE, functools.partial(start.evaluate, stage_dir), point["name"])
+            if point["method"] == SFT:
+                row = {**base, "status": "done", **point["params"], **control_row(start, metrics, stage, marker)}
+            else:
+                row = {**base, "status": "done", **point["params"],
+                       **start.row(point["method"], metrics, stage, marker)}
+                row["sft_accuracy"] = start.sft["accuracy"]
         atomic_write_text(result_file, json.dumps(row))
         rows.append(row)
         write_outputs(rows, run)
     write_outputs(rows, run)
     return rows
+
+
+def point_evaluation(folder: Path) -> tuple[dict, dict]:
+    """The per-prompt evaluation of a finished point folder (its ``evaluation.json``), or of a sweep folder's SFT
+    policy (its ``sft_eval.json``), with the evaluation settings of its sweep (``sweep.json``).
+
+    Raises:
+        ConfigError: when ``folder`` holds neither file (a point that is not finished, or one finished before
+            points kept their evaluation), or its sweep's ``sweep.json`` is missing.
+    """
+    folder = Path(folder)
+    for file, sweep_dir in ((folder / EVALUATION_FILE, folder.parent), (folder / "sft_eval.json", folder)):
+        if file.is_file():
+            meta = sweep_dir / "sweep.json"
+            if not meta.is_file():
+                raise ConfigError(f"{meta} is missing: {folder} is not in a sweep folder, so its evaluation settings "
+                                  "are unknown. Fix: give a point folder <runs_dir>/<sweep>/<point>.")
+            return json.loads(file.read_text()), json.loads(meta.read_text())
+    raise ConfigError(f"{folder} has no {EVALUATION_FILE} (a finished sweep point) and no sft_eval.json (a sweep "
+                      "folder). Fix: give a finished point's folder; a point finished before points kept their "
+                      f"evaluation has only result.json: remove it to re-evaluate the point.")
+
+
+def paired_comparison(a: Path, b: Path) -> dict:
+    """Point ``a`` against point ``b`` on the same held-out prompts (folders as `point_evaluation` reads them):
+    the accuracy of each with its 95% Wilson interval, the paired difference ``a - b`` with its 95% bootstrap
+    interval, the exact McNemar p-value, and the prompts ``a`` fixed (right where ``b`` was wrong) and broke.
+
+    Use it to test a preference method against the continued-SFT control of the same budget (Rafailov et al. 2023,
+    §6.1): both started from the same SFT policy, so the SFT evaluation is shared and the test is paired.
+
+    Raises:
+        ConfigError: when the two sweeps evaluated other prompts (their ``rl_dataset``, ``eval_dataset``,
+            ``eval_prompts``, ``eval_max_new_tokens`` or ``split_seed`` differ) or other numbers of prompts.
+    """
+    from open_rlhf.metrics import accuracy_interval, mcnemar_test, paired_bootstrap
+
+    (eval_a, meta_a), (eval_b, meta_b) = point_evaluation(a), point_evaluation(b)
+    keys = ("rl_dataset", "eval_dataset", "eval_prompts", "eval_max_new_tokens", "split_seed")
+    differ = {k: (meta_a.get(k), meta_b.get(k)) for k in keys if meta_a.get(k) != meta_b.get(k)}
+    if differ or len(eval_a["correct"]) != len(eval_b["correct"]):
+        raise ConfigError(f"--versus {a} {b}: the two were evaluated on other prompts ({differ or 'prompt counts '}"
+                          f"{len(eval_a['correct'])} and {len(eval_b['correct'])}); a paired test needs the same ones.")
+    result = {"a": str(a), "b": str(b)}
+    for name, ev in (("a", eval_a), ("b", eval_b)):
+        result[f"accuracy_{name}"], result[f"ci_low_{name}"], result[f"ci_high_{name}"] = accuracy_interval(
+            ev["correct"])
+    delta = paired_bootstrap(eval_a["correct"], eval_b["correct"])
+    pairs = list(zip(eval_a["correct"], eval_b["correct"], strict=True))
+    return {**result, "delta": delta["mean_difference"], "delta_ci_low": delta["low"], "delta_ci_high": delta["high"],
+            "p_value": mcnemar_test(eval_a["correct"], eval_b["correct"])["p_value"],
+            "fixed": sum(x == 1 and y == 0 for x, y in pairs), "broke": sum(x == 0 and y == 1 for x, y in pairs),
+            "prompts": len(pairs)}
 
 
 def control_row(start: FromSFT, metrics: dict, stage: dict, marker: dict) -> dict:
@@ -299,6 +365,14 @@ def sweep_main(argv: list[str] | None = None) -> None:
 
     with user_errors():
         (args,) = parse_config(TrlParser((SweepArguments,)), argv)
+        if args.versus:
+            r = paired_comparison(Path(args.versus[0]), Path(args.versus[1]))
+            print(f"A {r['a']}: {r['accuracy_a']:.3f} [{r['ci_low_a']:.3f}, {r['ci_high_a']:.3f}]\n"
+                  f"B {r['b']}: {r['accuracy_b']:.3f} [{r['ci_low_b']:.3f}, {r['ci_high_b']:.3f}]\n"
+                  f"A - B: {r['delta']:+.3f} [{r['delta_ci_low']:+.3f}, {r['delta_ci_high']:+.3f}] (95% paired "
+                  f"bootstrap), McNemar p {r['p_value']:.3g}, A fixed {r['fixed']} / broke {r['broke']} of "
+                  f"{r['prompts']} prompts")
+            return
         rows = run_sweep(args)
     print(markdown_summary(rows))
     print(f"Written: {args.run_dir / 'sweep.csv'}, {args.run_dir / 'sweep.md'}")

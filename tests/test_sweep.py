@@ -10,7 +10,14 @@ import pytest
 from trl import TrlParser
 
 from open_rlhf.errors import ConfigError, parse_config
-from open_rlhf.sweep import SweepArguments, markdown_summary, point_flags, run_sweep, summarize
+from open_rlhf.sweep import (
+    SweepArguments,
+    markdown_summary,
+    paired_comparison,
+    point_flags,
+    run_sweep,
+    summarize,
+)
 from tests.test_pipeline import METHOD_ARGS, TINY_STAGE
 
 REPO = Path(__file__).resolve().parents[1]
@@ -84,6 +91,41 @@ def test_reward_models_are_a_point_family_with_their_own_summary():
     assert markdown_summary(rows[:2]).startswith("| reward model |")  # a reward-only sweep: no empty policy table
 
 
+def _point(folder: Path, correct: list[int], eval_prompts: int = 4) -> Path:
+    """A finished point folder as the sweep leaves it: ``evaluation.json`` beside its sweep's ``sweep.json``."""
+    folder.mkdir(parents=True)
+    (folder.parent / "sweep.json").write_text(json.dumps({"rl_dataset": "builtin", "eval_prompts": eval_prompts,
+                                                          "eval_max_new_tokens": 96, "split_seed": 42}))
+    (folder / "evaluation.json").write_text(json.dumps({"correct": correct, "accuracy": sum(correct) / len(correct)}))
+    return folder
+
+
+def test_versus_compares_two_points_paired(tmp_path, capsys):
+    """A method against a control from another sweep folder: both accuracies, the paired difference with its
+    interval, McNemar on the discordant prompts (3 fixed, 1 broken here), and the CLI's summary line."""
+    a = _point(tmp_path / "kto" / "kto-s1", [1, 1, 1, 1, 0, 0])
+    b = _point(tmp_path / "control" / "sft-s1", [0, 0, 0, 1, 1, 0])
+    r = paired_comparison(a, b)
+    assert (r["accuracy_a"], r["accuracy_b"]) == (pytest.approx(4 / 6), pytest.approx(2 / 6))
+    assert r["delta"] == pytest.approx(2 / 6) and r["delta_ci_low"] <= r["delta"] <= r["delta_ci_high"]
+    assert (r["fixed"], r["broke"], r["prompts"]) == (3, 1, 6)
+    assert r["p_value"] == pytest.approx(0.625)  # 2 * P(Binomial(4, 1/2) <= 1) = 2 * 5/16
+    from open_rlhf.sweep import sweep_main
+
+    sweep_main(["--versus", str(a), str(b)])
+    out = capsys.readouterr().out
+    assert "A - B: +0.333" in out and "McNemar p 0.625, A fixed 3 / broke 1 of 6 prompts" in out
+    # a sweep evaluated on other prompts, a point without its evaluation, a third folder: clear errors
+    other = _point(tmp_path / "other" / "p", [1, 0, 1, 0, 1, 0], eval_prompts=6)
+    with pytest.raises(ConfigError, match="other prompts.*eval_prompts"):
+        paired_comparison(a, other)
+    (tmp_path / "kto" / "old").mkdir()
+    with pytest.raises(ConfigError, match="no evaluation.json"):
+        paired_comparison(tmp_path / "kto" / "old", b)
+    with pytest.raises(ConfigError, match="two point folders"):
+        SweepArguments(versus=[str(a), str(b), str(other)])
+
+
 @pytest.mark.slow  # trains an SFT policy, a reward model and two DPO points (~1 min); make test-slow
 def test_tiny_sweep_end_to_end_resumes_and_guards_its_settings(tmp_path, tiny_model_dir, capsys):
     args = SweepArguments(grid=["dpo.learning_rate=1e-3,1e-2", "reward.learning_rate=1e-3", "sft.learning_rate=1e-3"],
@@ -114,6 +156,14 @@ def test_tiny_sweep_end_to_end_resumes_and_guards_its_settings(tmp_path, tiny_mo
     md = (tmp_path / "sw" / "sweep.md").read_text()
     assert "| dpo |" in md and '| `{"learning_rate": "1e-3"}` | 1 |' in md  # the reward models' own table
     assert (tmp_path / "sw" / "learning_curves.png").stat().st_size > 0  # both points' curves, one figure
+
+    # every point keeps its per-prompt evaluation: a point against the sweep's SFT policy is its row's paired test
+    sweep_dir = tmp_path / "sw"
+    versus_sft = paired_comparison(sweep_dir / rows[0]["point"], sweep_dir)
+    assert versus_sft["delta"] == pytest.approx(rows[0]["accuracy_delta_vs_sft"])
+    assert versus_sft["p_value"] == rows[0]["p_vs_sft"] and versus_sft["fixed"] == rows[0]["fixed_vs_sft"]
+    versus_control = paired_comparison(sweep_dir / rows[0]["point"], sweep_dir / control["point"])
+    assert versus_control["delta"] == pytest.approx(rows[0]["accuracy"] - control["accuracy"])
 
     capsys.readouterr()
     again = run_sweep(args)
