@@ -67,7 +67,7 @@ eval-real: pipeline-real
 compare: setup
 	$(PY) scripts/compare_methods.py --config config/compare/default.yaml
 
-# One sweep preset of config/sweep/ (issue 13: default, round2-round5, reward, reward_hh; issue 14: iterative), resumable:
+# One sweep preset of config/sweep/ (issue 13: default, round2-round8, reward, reward_hh, gsm8k; issue 14: iterative), resumable:
 # make sweep SWEEP=round3
 SWEEP ?= default
 sweep: setup
