@@ -253,11 +253,9 @@ def paired_comparison(a: Path, b: Path) -> dict:
         result[f"accuracy_{name}"], result[f"ci_low_{name}"], result[f"ci_high_{name}"] = accuracy_interval(
             ev["correct"])
     delta = paired_bootstrap(eval_a["correct"], eval_b["correct"])
-    pairs = list(zip(eval_a["correct"], eval_b["correct"], strict=True))
+    test = mcnemar_test(eval_a["correct"], eval_b["correct"])  # its discordant counts are fixed / broke
     return {**result, "delta": delta["mean_difference"], "delta_ci_low": delta["low"], "delta_ci_high": delta["high"],
-            "p_value": mcnemar_test(eval_a["correct"], eval_b["correct"])["p_value"],
-            "fixed": sum(x == 1 and y == 0 for x, y in pairs), "broke": sum(x == 0 and y == 1 for x, y in pairs),
-            "prompts": len(pairs)}
+            "p_value": test["p_value"], "fixed": test["a_only"], "broke": test["b_only"], "prompts": test["n"]}
 
 
 def control_row(start: FromSFT, metrics: dict, stage: dict, marker: dict) -> dict:
