@@ -1305,9 +1305,10 @@ def load_streaming_splits(source: str, kind: str, eval_size: int | float, max_sa
     Training order: the source's own order (no shuffle: a shuffle needs the data in memory, or a buffer that
     makes a resume depend on it; pairs unpaired for KTO are the exception, see ``seed``), endlessly: after the
     last example the next pass starts again after the held-out examples, so ``max_steps`` decides the length of
-    training and the Trainer sees one endless epoch. That is what makes a resume exact: transformers' `Trainer` resumes an `IterableDataset` by skipping the batches of the
-    steps already trained (``ignore_data_skip=False``, the default; the skipped rows are read and tokenised again,
-    not trained on), and its skip count is right only within its first epoch.
+    training and the Trainer sees one endless epoch. That is what makes a resume exact: transformers' `Trainer`
+    resumes an `IterableDataset` by skipping the batches of the steps already trained (``ignore_data_skip=False``,
+    the default; the skipped rows are read and tokenised again, not trained on), and its skip count is right only
+    within its first epoch.
 
     Args:
         source (`str`): a ``.jsonl``, ``.jsonl.gz`` or ``.parquet`` file, a folder of them, or a Hub dataset id.
