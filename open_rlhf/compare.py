@@ -242,20 +242,20 @@ def comparison_row(name: str, method, metrics: dict, sft: dict, stage: dict, mar
     entry (wall time, command), ``marker`` the stage's completion marker (peak memory, steps)."""
     family = "start" if method is None else ("offline" if method.data == "preference" else "online RL")
     accuracy = metrics.get("accuracy")
-    pairs = list(zip(sft.get("correct", []), metrics.get("correct", []), strict=True))
-    low = high = p_value = delta = None
+    low = high = p_value = delta = fixed = broke = None
     if metrics.get("correct"):
         _, low, high = accuracy_interval(metrics["correct"])
+        test = mcnemar_test(metrics["correct"], sft["correct"])
+        # prompts the method answers right where the SFT policy was wrong, and the reverse
+        fixed, broke = test["a_only"], test["b_only"]
         if method is not None:
-            p_value = mcnemar_test(metrics["correct"], sft["correct"])["p_value"]
+            p_value = test["p_value"]
             delta = paired_bootstrap(metrics["correct"], sft["correct"])
     return {
         "method": name, "family": family, "accuracy": accuracy, "accuracy_ci_low": low, "accuracy_ci_high": high,
         "accuracy_delta_vs_sft": None if accuracy is None else accuracy - sft["accuracy"],
         "delta_ci_low": delta and delta["low"], "delta_ci_high": delta and delta["high"], "p_vs_sft": p_value,
-        # prompts the method answers right where the SFT policy was wrong, and the reverse
-        "fixed_vs_sft": sum(a == 0 and b == 1 for a, b in pairs) if pairs else None,
-        "broke_vs_sft": sum(a == 1 and b == 0 for a, b in pairs) if pairs else None,
+        "fixed_vs_sft": fixed, "broke_vs_sft": broke,
         "win_rate_vs_sft": None if method is None else win_rate(metrics["scores"], sft["scores"]),
         "reward_score": metrics.get("reward_score"), "kl_vs_sft": metrics.get("kl_vs_sft", 0.0 if method is None
                                                                                else None),
