@@ -136,8 +136,11 @@ def point_flags(point: dict, common: str = "", curve_every: int = 0) -> str:
 def run_sweep(args: SweepArguments) -> list[dict]:
     """Train and evaluate every point not done yet; write ``sweep.csv`` and ``sweep.md`` (module docstring).
 
+    Both files hold the current grid's points in run order, then any point the folder finished under an earlier
+    grid (its ``result.json``), so narrowing or changing the grid loses no row.
+
     Returns:
-        `list[dict]`: one row per point (``sweep.csv``'s rows), in run order.
+        `list[dict]`: one row per point of the current grid, in run order.
     """
     from open_rlhf import outputs
     from open_rlhf.pipeline import train_stages
@@ -155,8 +158,12 @@ def run_sweep(args: SweepArguments) -> list[dict]:
     run.mkdir(parents=True, exist_ok=True)
     atomic_write_text(meta_path, json.dumps(meta))
     start = FromSFT(args, sft_cache=run / "sft_eval.json")
+    points = args.points()
+    # points this folder finished under an earlier grid stay in sweep.csv / sweep.md, after the current ones
+    current = {p["name"] for p in points}
+    earlier = [json.loads(f.read_text()) for f in sorted(run.glob("*/result.json")) if f.parent.name not in current]
     rows = []
-    for point in args.points():
+    for point in points:
         folder = run / point["name"]
         result_file = folder / "result.json"
         base = {"point": point["name"], "method": point["method"], "seed": point["seed"],
@@ -183,7 +190,7 @@ def run_sweep(args: SweepArguments) -> list[dict]:
         except StageFailedError as error:  # a failed point is a result too; the sweep goes on (and retries it)
             print(f"=== sweep {point['name']}: FAILED ({error})", flush=True)
             rows.append({**base, "status": "failed", "error": str(error).splitlines()[0]})
-            write_outputs(rows, run)
+            write_outputs(rows + earlier, run)
             continue
         stage_dir = folder / point["method"]
         marker = json.loads((stage_dir / outputs.COMPLETE_MARKER).read_text())
@@ -202,8 +209,8 @@ def run_sweep(args: SweepArguments) -> list[dict]:
                 row["sft_accuracy"] = start.sft["accuracy"]
         atomic_write_text(result_file, json.dumps(row))
         rows.append(row)
-        write_outputs(rows, run)
-    write_outputs(rows, run)
+        write_outputs(rows + earlier, run)
+    write_outputs(rows + earlier, run)
     return rows
 
 

@@ -170,6 +170,11 @@ def test_tiny_sweep_end_to_end_resumes_and_guards_its_settings(tmp_path, tiny_mo
     assert capsys.readouterr().out.count("already done") == 4
     assert [r["accuracy"] for r in again[:2]] == [r["accuracy"] for r in rows]
     assert json.loads((tmp_path / "sw" / "sweep.json").read_text())["eval_prompts"] == 4
+    args.grid = ["dpo.learning_rate=1e-2"]  # a narrower grid keeps the folder's other points in its CSV
+    assert [r["point"] for r in run_sweep(args)] == ["dpo-learning_rate1e-2-s0"]
+    with open(tmp_path / "sw" / "sweep.csv") as f:
+        assert [(r["method"], r["learning_rate"]) for r in csv.DictReader(f)] == [
+            ("dpo", "1e-2"), ("dpo", "1e-3"), ("reward", "1e-3"), ("sft", "1e-3")]
     args.eval_prompts = 8
     with pytest.raises(ConfigError, match="other settings"):
         run_sweep(args)
