@@ -94,6 +94,31 @@ def invalid_checkpoints(output_dir: str | Path) -> list[Path]:
     return [folder for step, folder in _checkpoints(Path(output_dir)) if not _checkpoint_is_valid(folder, step)]
 
 
+def remove_checkpoints(output_dir: str | Path) -> int:
+    """Delete the ``checkpoint-N`` folders of a finished stage; its final model and marker stay.
+
+    A checkpoint only serves to resume a stopped stage, and holds the optimizer states (about three times the
+    model's size), so a sweep of many points fills a disk with them (`open_rlhf.sweep` calls this per finished
+    point). Half-written checkpoints moved aside (``incomplete-checkpoint-N``) are left alone.
+
+    Returns:
+        `int`: the bytes freed.
+
+    Raises:
+        OutputDirError: ``output_dir`` holds no finished stage (no `COMPLETE_MARKER`): its checkpoints may still be
+            needed to resume it, so nothing is deleted.
+    """
+    output_dir = Path(output_dir)
+    if not is_complete(output_dir):
+        raise OutputDirError(f"{output_dir} holds no finished stage ({COMPLETE_MARKER} is missing): its checkpoints "
+                             "are what a resume needs, so none is deleted. Fix: finish (resume) the stage first.")
+    freed = 0
+    for _, folder in _checkpoints(output_dir):
+        freed += sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+        shutil.rmtree(folder)
+    return freed
+
+
 def _move_aside_invalid_checkpoints(output_dir: Path) -> None:
     """Rename every half-written ``checkpoint-N`` to ``incomplete-checkpoint-N`` (never deleted), with a warning,
     so that neither the resume nor transformers' checkpoint rotation (``checkpoint-*``) picks it up.

@@ -28,7 +28,9 @@ Outputs, rewritten atomically after every point (so a partial sweep is readable)
 
 A point that finished training and evaluation is never redone (its ``result.json``), so a stopped sweep resumes
 where it stopped, and growing the grid only runs the new points. A point whose stage fails is recorded as failed
-and the sweep goes on. ``--curve_every K`` gives every point a learning curve (`open_rlhf.curves`).
+and the sweep goes on. ``--curve_every K`` gives every point a learning curve (`open_rlhf.curves`). A finished
+point's ``checkpoint-N`` folders are deleted (its final model stays) unless ``--keep_checkpoints``: with optimizer
+states they are about 3x a model each, and a sweep of dozens of points would fill the disk.
 
     python scripts/sweep.py --sft_model_path runs/default/sft --reward_model_path runs/default/reward \\
         --grid dpo.learning_rate=5e-7,5e-6 dpo.beta=0.1,0.5 --seeds 0 1
@@ -74,6 +76,10 @@ class SweepArguments(FromSFTArguments):
     seeds: list[int] = field(default_factory=lambda: [0], metadata={"help": "Seeds of every configuration."})
     eval_pairs: int = field(default=256, metadata={
         "help": "Held-out preference pairs of the reward-model points (their pair accuracy)."})
+    keep_checkpoints: bool = field(default=False, metadata={
+        "help": "Keep each finished point's checkpoint-N folders (optimizer states, about 3x the model's size each; "
+                "only a stopped point needs them, to resume). By default they are deleted once the point's "
+                "result.json is written; its final model stays."})
     versus: list[str] = field(default_factory=list, metadata={
         "help": "Two finished points (folders <runs_dir>/<sweep>/<point>, or a sweep folder for its SFT policy): "
                 "print the paired comparison of the first against the second on the same prompts and exit; "
@@ -208,6 +214,11 @@ def run_sweep(args: SweepArguments) -> list[dict]:
                        **start.row(point["method"], metrics, stage, marker)}
                 row["sft_accuracy"] = start.sft["accuracy"]
         atomic_write_text(result_file, json.dumps(row))
+        if not args.keep_checkpoints:  # a finished point needs no resume; a sweep of many would fill the disk
+            freed = outputs.remove_checkpoints(stage_dir)
+            if freed:
+                print(f"=== sweep {point['name']}: its checkpoints deleted ({freed / 1e9:.1f} GB; "
+                      "--keep_checkpoints keeps them)", flush=True)
         rows.append(row)
         write_outputs(rows + earlier, run)
     write_outputs(rows + earlier, run)

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from trl import TrlParser
 
-from open_rlhf.errors import ConfigError, parse_config
+from open_rlhf import outputs
+from open_rlhf.errors import ConfigError, OutputDirError, parse_config
 from open_rlhf.sweep import (
     SweepArguments,
     markdown_summary,
@@ -126,6 +127,21 @@ def test_versus_compares_two_points_paired(tmp_path, capsys):
         SweepArguments(versus=[str(a), str(b), str(other)])
 
 
+def test_only_a_finished_stage_loses_its_checkpoints(tmp_path):
+    stage = tmp_path / "dpo"
+    (stage / "checkpoint-20").mkdir(parents=True)
+    (stage / "checkpoint-20" / "optimizer.pt").write_bytes(b"x" * 1000)
+    (stage / "incomplete-checkpoint-40").mkdir()  # a killed save, moved aside: never deleted
+    (stage / "model.safetensors").write_bytes(b"y" * 10)
+    with pytest.raises(OutputDirError, match="no finished stage"):  # a stopped stage resumes from them
+        outputs.remove_checkpoints(stage)
+    assert (stage / "checkpoint-20" / "optimizer.pt").is_file()
+    (stage / outputs.COMPLETE_MARKER).write_text("{}")
+    assert outputs.remove_checkpoints(stage) == 1000
+    assert sorted(p.name for p in stage.iterdir()) == [
+        "incomplete-checkpoint-40", "model.safetensors", outputs.COMPLETE_MARKER]
+
+
 @pytest.mark.slow  # trains an SFT policy, a reward model and two DPO points (~1 min); make test-slow
 def test_tiny_sweep_end_to_end_resumes_and_guards_its_settings(tmp_path, tiny_model_dir, capsys):
     args = SweepArguments(grid=["dpo.learning_rate=1e-3,1e-2", "reward.learning_rate=1e-3", "sft.learning_rate=1e-3"],
@@ -156,6 +172,9 @@ def test_tiny_sweep_end_to_end_resumes_and_guards_its_settings(tmp_path, tiny_mo
     md = (tmp_path / "sw" / "sweep.md").read_text()
     assert "| dpo |" in md and '| `{"learning_rate": "1e-3"}` | 1 |' in md  # the reward models' own table
     assert (tmp_path / "sw" / "learning_curves.png").stat().st_size > 0  # both points' curves, one figure
+    for r in (*rows, reward, control):  # a finished point keeps its model, not its checkpoints (--save_steps 1)
+        stage_dir = tmp_path / "sw" / r["point"] / r["method"]
+        assert (stage_dir / "model.safetensors").is_file() and not list(stage_dir.glob("checkpoint-*"))
 
     # every point keeps its per-prompt evaluation: a point against the sweep's SFT policy is its row's paired test
     sweep_dir = tmp_path / "sw"
