@@ -183,6 +183,33 @@ def reinforce_pp_advantages(rewards: torch.Tensor, mask: torch.Tensor, gamma: fl
     return masked_whiten(returns_to_go, mask, reduce_sum=reduce_sum)
 
 
+def group_baseline(scores: torch.Tensor, group_size: int) -> torch.Tensor:
+    """Scores minus the mean score of their group: the baseline of REINFORCE++-baseline.
+
+    Rows come in consecutive groups of ``group_size`` responses to one prompt; each score has its group's mean
+    subtracted, so a group whose responses all score the same gives no learning signal, and a prompt's right
+    answers are pushed up only relative to its wrong ones (what the prompt's difficulty does not explain).
+
+    Args:
+        scores (`torch.Tensor` of shape `(B,)`): sequence-level scores, ``B`` a multiple of ``group_size``.
+        group_size (`int`): responses per prompt (``--num_samples_per_prompt``), >= 1; 1 returns zeros.
+
+    Returns:
+        `torch.Tensor` of shape `(B,)`.
+
+    Raises:
+        ValueError: when ``B`` is not a multiple of ``group_size``.
+
+    Source: REINFORCE++, Hu et al. 2025, https://huggingface.co/papers/2501.03262, Sec. 3 ("REINFORCE++-Baseline":
+    the group-mean baseline, then the global-batch normalisation of `reinforce_pp_advantages`); the group mean as
+    a baseline is GRPO's (Shao et al. 2024, Eq. 3) without its division by the group's standard deviation.
+    """
+    if group_size < 1 or scores.shape[0] % group_size:
+        raise ValueError(f"group_baseline: {scores.shape[0]} scores do not split into groups of {group_size}.")
+    grouped = scores.view(-1, group_size)
+    return (grouped - grouped.mean(dim=1, keepdim=True)).view(-1)
+
+
 def _token_mean(values: torch.Tensor, mask: torch.Tensor, num_tokens: float | torch.Tensor | None) -> torch.Tensor:
     if num_tokens is None:
         return masked_mean(values, mask)

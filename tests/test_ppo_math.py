@@ -9,6 +9,7 @@ from open_rlhf.rl_math import (
     AdaptiveKLController,
     compute_gae,
     compute_rewards,
+    group_baseline,
     masked_mean,
     masked_whiten,
     per_token_kl,
@@ -190,3 +191,13 @@ def test_masked_whiten_global_statistics_over_processes():
     whole = masked_whiten(torch.cat([local, other], 1), torch.ones(1, 4))
     torch.testing.assert_close(got, whole[:, :2])
     torch.testing.assert_close(got, (local - 3.0) / math.sqrt(14 / 3))
+
+
+def test_group_baseline_subtracts_each_groups_mean():
+    """Groups of 3: [1, 0, 0] -> mean 1/3 -> [2/3, -1/3, -1/3]; [1, 1, 1] -> zeros (no signal); group size 1 ->
+    zeros; 4 scores do not split into groups of 3."""
+    scores = torch.tensor([1.0, 0.0, 0.0, 1.0, 1.0, 1.0])
+    torch.testing.assert_close(group_baseline(scores, 3), torch.tensor([2 / 3, -1 / 3, -1 / 3, 0.0, 0.0, 0.0]))
+    torch.testing.assert_close(group_baseline(scores, 1), torch.zeros(6))
+    with pytest.raises(ValueError, match="groups of 3"):
+        group_baseline(torch.zeros(4), 3)

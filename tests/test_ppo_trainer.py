@@ -322,6 +322,49 @@ def test_reinforce_pp_uses_gamma(tmp_path, tokenizer):
     assert not torch.allclose(data.advantages, reinforce_pp_advantages(data.rewards, data.mask, gamma=1.0))
 
 
+def test_reinforce_pp_baseline_samples_groups_and_subtracts_their_mean(tmp_path, tokenizer):
+    """num_samples_per_prompt 4: an update's 8 rows are 2 prompts x 4 consecutive copies, each copy sampled with
+    its own seed (the copies' responses differ), the advantages are REINFORCE++'s on the group-centred scores, and
+    the next update takes the next 2 prompts of the permutation."""
+    from open_rlhf.rl_math import compute_rewards, group_baseline, reinforce_pp_advantages
+
+    policy, ref, _ = make_models(tokenizer)
+    args = make_args(tmp_path, advantage_estimator="reinforce_pp_baseline", num_samples_per_prompt=4,
+                     per_device_train_batch_size=8, num_mini_batches=1)
+    trainer = PPOTrainer(args, tokenizer, policy, ref, target_reward, None, prompts())
+    first, second = trainer._batch_indices(0), trainer._batch_indices(1)
+    assert len(first) == 8 and first[:4] == [first[0]] * 4 and first[4:] == [first[4]] * 4 != first[:4]
+    assert not set(first) & set(second)
+    data = trainer.rollout(trainer.train_dataset[first], first)
+    assert len(set(data.texts[:4])) > 1 and len(set(data.texts[4:])) > 1
+    rewards, _ = compute_rewards(group_baseline(data.scores, 4), data.logprobs, data.ref_logprobs, data.mask,
+                                 args.kl_coef)
+    torch.testing.assert_close(data.advantages, reinforce_pp_advantages(rewards, data.mask))
+    assert group_baseline(data.scores, 4).abs().sum() > 0  # the test's groups do carry signal
+    assert "objective/zero_variance_groups" in trainer._rollout_metrics(data)
+
+
+def test_reinforce_pp_baseline_learns(tmp_path, tokenizer):
+    """REINFORCE++-baseline on the tiny task: 4 prompts x 4 samples an update, the mean score rises."""
+    policy, ref, _ = make_models(tokenizer)
+    args = make_args(tmp_path, max_steps=8, save_strategy="no", response_length=6, learning_rate=3e-3,
+                     per_device_train_batch_size=16, num_mini_batches=1, num_ppo_epochs=4,
+                     advantage_estimator="reinforce_pp_baseline", num_samples_per_prompt=4)
+    history = PPOTrainer(args, tokenizer, policy, ref, target_reward, None, prompts(64)).train()
+    scores = [h["objective/scores"] for h in history]
+    assert sum(scores[-3:]) / 3 > sum(scores[:3]) / 3 + 0.15, scores
+    assert 0 <= history[-1]["objective/zero_variance_groups"] <= 1
+
+
+def test_num_samples_per_prompt_is_checked(tmp_path):
+    with pytest.raises(ValueError, match="does not divide the rollout batch of 8"):
+        make_args(tmp_path, num_samples_per_prompt=3)
+    with pytest.raises(ValueError, match="needs --num_samples_per_prompt >= 2"):
+        make_args(tmp_path, advantage_estimator="reinforce_pp_baseline")
+    with pytest.raises(ValueError, match="must be >= 1"):
+        make_args(tmp_path, num_samples_per_prompt=0)
+
+
 @pytest.mark.slow  # ~30 s; kept out of the default run's 12-minute budget (AVX2 CPUs)
 def test_trpo_steps_stay_in_the_trust_region_and_learn(tmp_path, tokenizer):
     """--policy_update trpo on the tiny task: every accepted step's KL(pi_old || pi_new) on the rollout is within

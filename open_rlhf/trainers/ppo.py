@@ -28,6 +28,11 @@ with values 0 and ``gamma = lam = 1``), normalised to zero mean and unit varianc
 express this exactly (its KL is a loss term, not a per-token reward, and its advantage is one scalar per
 sequence), so it lives here.
 
+**REINFORCE++-baseline** (``advantage_estimator="reinforce_pp_baseline"``, the same paper's variant for groups of
+responses): each prompt is sampled ``num_samples_per_prompt`` times and each score has its group's mean subtracted
+(`rl_math.group_baseline`) before step 3; the rest is REINFORCE++. ``num_samples_per_prompt`` > 1 also works with
+the other estimators (more responses per prompt, no group baseline).
+
 Advantages (both estimators) are whitened over the global batch: the statistics are all-reduced across processes.
 
 Implementation choices follow Huang et al. 2024, "The N+ Implementation Details of RLHF with PPO"
@@ -81,6 +86,7 @@ from open_rlhf.rl_math import (
     conjugate_gradient,
     fisher_vector_product,
     flat_grad,
+    group_baseline,
     masked_mean,
     masked_whiten,
     per_token_kl,
@@ -95,7 +101,7 @@ logger = logging.getLogger(__name__)
 
 INVALID_LOGPROB = 1.0  # fill value for masked positions; never read by a loss (all losses are masked)
 TRAINER_STATE_NAME = "trainer_state.json"
-ADVANTAGE_ESTIMATORS = ("gae", "reinforce_pp")
+ADVANTAGE_ESTIMATORS = ("gae", "reinforce_pp", "reinforce_pp_baseline")
 POLICY_UPDATES = ("ppo", "trpo")
 ROLLOUT_SAMPLING = ("per_prompt", "global")
 # The TrainingArguments fields PPOTrainer reads (besides its own PPOConfig fields). Also the bookkeeping fields
@@ -164,7 +170,7 @@ class PPOConfig(HardwareDefaultsMixin, TrainingArguments):
     missing_eos_penalty: float | None = field(
         default=None, metadata={"help": "Subtracted from the score of a response that hits the length limit."}
     )
-    total_episodes: int | None = field(default=None, metadata={"help": "Total rollouts (prompts) to train on."})
+    total_episodes: int | None = field(default=None, metadata={"help": "Total responses (episodes) to train on; prompts when num_samples_per_prompt is 1."})
     num_mini_batches: int = field(default=1, metadata={"help": "Minibatches per rollout batch."})
     num_ppo_epochs: int = field(default=4, metadata={"help": "Optimisation epochs over each rollout batch."})
     local_rollout_forward_batch_size: int = field(
@@ -187,7 +193,14 @@ class PPOConfig(HardwareDefaultsMixin, TrainingArguments):
     advantage_estimator: str = field(
         default="gae",
         metadata={"help": "'gae': PPO with a value model (GAE); 'reinforce_pp': REINFORCE++ (no value model, "
-                          "reward-to-go advantages normalised over the global batch)."},
+                          "reward-to-go advantages normalised over the global batch); 'reinforce_pp_baseline': "
+                          "REINFORCE++ with each score's group mean subtracted (needs num_samples_per_prompt > 1)."},
+    )
+    num_samples_per_prompt: int = field(
+        default=1,
+        metadata={"help": "Responses sampled per prompt in a rollout (a group, consecutive rows); the rollout batch "
+                          "(per_device_train_batch_size * gradient_accumulation_steps * num_mini_batches responses) "
+                          "then holds that many times fewer prompts, and must be a multiple of it."},
     )
     num_sample_generations: int = field(
         default=2, metadata={"help": "Sample generations printed in the log per update (0 = none)."}
@@ -232,6 +245,16 @@ class PPOConfig(HardwareDefaultsMixin, TrainingArguments):
                 raise ConfigError(f"--{name} must be >= 1, got {getattr(self, name)}.")
         if self.temperature <= 0:
             raise ConfigError(f"--temperature must be > 0 (sampling is required for PPO), got {self.temperature}.")
+        if self.num_samples_per_prompt < 1:
+            raise ConfigError(f"--num_samples_per_prompt must be >= 1, got {self.num_samples_per_prompt}.")
+        if self.rollout_batch_size % self.num_samples_per_prompt:
+            raise ConfigError(
+                f"--num_samples_per_prompt {self.num_samples_per_prompt} does not divide the rollout batch of "
+                f"{self.rollout_batch_size} responses (per_device_train_batch_size * gradient_accumulation_steps * "
+                "num_mini_batches), so a prompt's group would be split. Fix: make the batch a multiple of it.")
+        if self.advantage_estimator == "reinforce_pp_baseline" and self.num_samples_per_prompt < 2:
+            raise ConfigError("--advantage_estimator reinforce_pp_baseline subtracts each prompt's mean score over its "
+                              "group, which needs --num_samples_per_prompt >= 2 (e.g. 4).")
 
     @property
     def rollout_batch_size(self) -> int:
@@ -572,21 +595,25 @@ class PPOTrainer:
         if args.policy_update == "trpo" and world > 1:
             raise ConfigError(f"--policy_update trpo runs on one process (its natural-gradient step is not "
                               f"distributed); this run has {world}. Fix: launch one process, or use ppo.")
-        self.batch_size = args.rollout_batch_size * world
-        if len(train_dataset) < self.batch_size:
+        self.batch_size = args.rollout_batch_size * world  # responses per update
+        self.prompts_per_update = self.batch_size // args.num_samples_per_prompt
+        if len(train_dataset) < self.prompts_per_update:
             raise ConfigError(
                 f"The PPO dataset has {len(train_dataset)} prompts, fewer than one rollout batch of all processes "
-                f"({self.batch_size} = per_device_train_batch_size {args.per_device_train_batch_size} * "
+                f"({self.prompts_per_update} = per_device_train_batch_size {args.per_device_train_batch_size} * "
                 f"gradient_accumulation_steps {args.gradient_accumulation_steps} * num_mini_batches "
-                f"{args.num_mini_batches} * {world} processes). Fix: use more prompts, a smaller "
+                f"{args.num_mini_batches} * {world} processes / num_samples_per_prompt "
+                f"{args.num_samples_per_prompt}). Fix: use more prompts, a smaller "
                 "--per_device_train_batch_size / --gradient_accumulation_steps / --num_mini_batches, or fewer "
                 "processes."
             )
         if args.max_steps and args.max_steps > 0:
             self.num_updates = args.max_steps
         else:
-            episodes = args.total_episodes or int(args.num_train_epochs * len(train_dataset))
-            self.num_updates = max(1, episodes // self.batch_size)
+            if args.total_episodes:  # responses
+                self.num_updates = max(1, args.total_episodes // self.batch_size)
+            else:  # passes over the prompts
+                self.num_updates = max(1, int(args.num_train_epochs * len(train_dataset)) // self.prompts_per_update)
         num_optimizer_steps = self.num_updates * args.num_ppo_epochs * args.num_mini_batches
         self.logging_every = steps_from_ratio(args.logging_steps, self.num_updates, "logging_steps")
         self.save_every = steps_from_ratio(args.save_steps, self.num_updates, "save_steps")
@@ -693,14 +720,16 @@ class PPOTrainer:
 
     # -- data ------------------------------------------------------------------------------------------------
     def _batch_indices(self, step: int) -> list[int]:
-        """Prompt indices of update ``step`` for this process: a seeded permutation per pass over the data; the
-        global batch is the same on any number of processes, each process takes its consecutive share."""
-        per_epoch = len(self.train_dataset) // self.batch_size  # >= 1, checked in __init__
+        """Prompt indices of update ``step`` for this process, each repeated ``num_samples_per_prompt`` times in a
+        row (a group): a seeded permutation per pass over the data; the global batch is the same on any number of
+        processes, each process takes its consecutive share (whole groups)."""
+        per_process = self.args.rollout_batch_size // self.args.num_samples_per_prompt
+        per_epoch = len(self.train_dataset) // self.prompts_per_update  # >= 1, checked in __init__
         epoch, offset = divmod(step, per_epoch)
         generator = torch.Generator().manual_seed(self.args.seed + epoch)
         perm = torch.randperm(len(self.train_dataset), generator=generator).tolist()
-        start = offset * self.batch_size + self.accelerator.process_index * self.args.rollout_batch_size
-        return perm[start:start + self.args.rollout_batch_size]
+        start = offset * self.prompts_per_update + self.accelerator.process_index * per_process
+        return [i for i in perm[start:start + per_process] for _ in range(self.args.num_samples_per_prompt)]
 
     def _encode_prompts(self, prompts: list) -> dict[str, torch.Tensor]:
         texts = [p if isinstance(p, str) else
@@ -716,14 +745,17 @@ class PPOTrainer:
 
     # -- rollout ---------------------------------------------------------------------------------------------
     def _generate(self, enc: dict[str, torch.Tensor], prompt_indices: list[int]) -> torch.Tensor:
-        """Sample one response per prompt: `(B, P + R)` prompt and response ids (step 1)."""
+        """Sample one response per row: `(B, P + R)` prompt and response ids (step 1). Rows come in groups of
+        ``num_samples_per_prompt`` copies of a prompt; the ``j``-th copy of prompt ``i`` is seeded by the sample
+        key ``i * num_samples_per_prompt + j`` (``i`` itself with one sample per prompt)."""
         args = self.args
         config = GenerationConfig(max_new_tokens=args.response_length, eos_token_id=self.eos_token_ids,
                                   pad_token_id=self.tokenizer.pad_token_id)
         kwargs = {}
         if args.rollout_sampling == "per_prompt":
             config.do_sample = False  # greedy over Gumbel-perturbed logits = sampling (PerPromptSampler)
-            seeds = [rollout_seed(args.seed, self.global_step, i) for i in prompt_indices]
+            k = args.num_samples_per_prompt
+            seeds = [rollout_seed(args.seed, self.global_step, i * k + row % k) for row, i in enumerate(prompt_indices)]
             kwargs["logits_processor"] = LogitsProcessorList([
                 PerPromptSampler(seeds, args.temperature, args.top_p, self.accelerator.device)])
         else:
@@ -798,7 +830,11 @@ class PPOTrainer:
         ref_logprobs = torch.where(mask, ref_logprobs, INVALID_LOGPROB)
         values = values * maskf
 
-        rewards, kl = compute_rewards(scores, logprobs, ref_logprobs, maskf, self.kl_ctl.value, args.kl_estimator)
+        # REINFORCE++-baseline: each score minus its prompt group's mean, before the KL penalty (Hu et al. 2025)
+        task_scores = (group_baseline(scores, args.num_samples_per_prompt)
+                       if args.advantage_estimator == "reinforce_pp_baseline" else scores)
+        rewards, kl = compute_rewards(task_scores, logprobs, ref_logprobs, maskf, self.kl_ctl.value,
+                                      args.kl_estimator)
         if args.whiten_rewards:
             rewards = masked_whiten(rewards, maskf, shift_mean=False, reduce_sum=self._reduce_sum)
         if self.use_value_model:
@@ -992,6 +1028,11 @@ class PPOTrainer:
         }
         if self.use_value_model:
             terms["value/mean"] = (data.values * data.mask, data.mask)
+        k = self.args.num_samples_per_prompt
+        if k > 1:  # groups whose responses all score the same: no signal under a group baseline
+            groups = data.raw_scores.view(-1, k)
+            same = (groups == groups[:, :1]).all(dim=1).float()
+            terms["objective/zero_variance_groups"] = (same, torch.ones_like(same))
         return self._global_means(terms)
 
     def train(self, resume_from_checkpoint: str | None = None) -> list[dict]:
