@@ -1,5 +1,6 @@
 """PPO (RLHF) of a chat policy against a reward model or a verifiable reward (our `open_rlhf.trainers.ppo`);
-with ``--advantage_estimator reinforce_pp`` it is REINFORCE++ (no value model).
+with ``--advantage_estimator reinforce_pp`` it is REINFORCE++ (no value model), with ``--advantage_estimator
+reinforce_pp_baseline --num_samples_per_prompt 4`` REINFORCE++-baseline (4 responses per prompt, group-mean baseline).
 
 With no flags it trains the default model on the built-in arithmetic prompts with the verifiable accuracy
 reward (PPO with verifiable rewards) into ``runs/ppo``: one pass over the 2000 built-in prompts, 250 updates of
