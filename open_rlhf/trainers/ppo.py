@@ -124,8 +124,9 @@ class PPOConfig(HardwareDefaultsMixin, TrainingArguments):
     """`transformers.TrainingArguments` plus the PPO hyper-parameters.
 
     Batch sizes (per process): one rollout holds ``rollout_batch_size = per_device_train_batch_size *
-    gradient_accumulation_steps * num_mini_batches`` prompts; each optimizer step sees one minibatch of
-    ``per_device_train_batch_size * gradient_accumulation_steps`` of them. ``max_steps`` counts rollouts
+    gradient_accumulation_steps * num_mini_batches`` responses, ``num_samples_per_prompt`` (default 1) to each of
+    its ``rollout_batch_size / num_samples_per_prompt`` prompts; each optimizer step sees one minibatch of
+    ``per_device_train_batch_size * gradient_accumulation_steps`` responses. ``max_steps`` counts rollouts
     (updates); if it is not set, ``total_episodes`` (default: ``num_train_epochs`` passes over the prompts)
     decides.
 
