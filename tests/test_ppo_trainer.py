@@ -356,6 +356,25 @@ def test_reinforce_pp_baseline_learns(tmp_path, tokenizer):
     assert 0 <= history[-1]["objective/zero_variance_groups"] <= 1
 
 
+def test_value_learning_rate_gives_the_value_model_its_own_step(tmp_path, tokenizer):
+    """--value_learning_rate: the value model's parameters form a second AdamW group at that rate; after one
+    update the value model has moved and the policy's group kept learning_rate (a tiny policy lr, so the value
+    model's relative change must be far larger than the policy's)."""
+    policy, ref, value = make_models(tokenizer)
+    before_value = [p.detach().clone() for p in value.parameters()]
+    before_policy = [p.detach().clone() for p in policy.parameters()]
+    args = make_args(tmp_path, max_steps=1, save_strategy="no", learning_rate=1e-7, value_learning_rate=1e-2,
+                     lr_scheduler_type="constant")
+    trainer = PPOTrainer(args, tokenizer, policy, ref, target_reward, value, prompts())
+    assert [g["lr"] for g in trainer.optimizer.param_groups] == [1e-7, 1e-2]
+    trainer.train()
+    moved_value = max((p - b).abs().max().item() for p, b in zip(value.parameters(), before_value, strict=True))
+    moved_policy = max((p - b).abs().max().item() for p, b in zip(policy.parameters(), before_policy, strict=True))
+    assert moved_value > 1e3 * moved_policy > 0
+    with pytest.raises(ValueError, match="value_learning_rate must be > 0"):
+        make_args(tmp_path, value_learning_rate=0.0)
+
+
 def test_num_samples_per_prompt_is_checked(tmp_path):
     with pytest.raises(ValueError, match="does not divide the rollout batch of 8"):
         make_args(tmp_path, num_samples_per_prompt=3)
