@@ -97,6 +97,55 @@ def kl_to_reference(policy, reference, tokenizer, prompts: Sequence, max_new_tok
             - sequence_logprobs(reference, prompt_ids, response_ids)).mean().item()
 
 
+def pass_at_k_summary(sampled_correct: Sequence[Sequence[float]], greedy_correct: Sequence[float]) -> dict:
+    """What sampling finds that greedy decoding does not: per-prompt correctness of ``k`` samples against the greedy
+    answer's.
+
+    Args:
+        sampled_correct: `N` lists of `k` 0/1 scores (the samples of one prompt).
+        greedy_correct: `N` 0/1 scores of the greedy answers to the same prompts, in the same order.
+
+    Returns:
+        dict of shares of the `N` prompts (0..1): ``sampled_accuracy`` (mean over all `N * k` samples),
+        ``pass_at_k`` (some sample right), ``greedy_accuracy``, ``greedy_wrong_sample_right`` (the prompts RL can
+        fix from its own samples), ``greedy_right_sample_wrong``, ``samples_agree`` (all `k` scored alike), and
+        ``k``, ``prompts``.
+
+    Raises:
+        ValueError: when the two lists differ in length, or the prompts have different or no sample counts.
+
+    Source: pass@k as in Chen et al. 2021 (Codex, Sec. 2.1) with ``n = k`` (the unbiased estimator reduces to "some
+    of the k samples is right"); greedy against sampled coverage as in Yue et al. 2025 ("Does reinforcement
+    learning really incentivize reasoning capacity beyond the base model?").
+    """
+    if len(sampled_correct) != len(greedy_correct) or not sampled_correct:
+        raise ValueError(f"pass_at_k_summary: {len(sampled_correct)} prompts with samples but {len(greedy_correct)} "
+                         "greedy scores; both must cover the same prompts.")
+    k = len(sampled_correct[0])
+    if k < 1 or any(len(row) != k for row in sampled_correct):
+        raise ValueError("pass_at_k_summary: every prompt needs the same number (>= 1) of samples.")
+    n = len(sampled_correct)
+    right = [[bool(x) for x in row] for row in sampled_correct]
+    greedy = [bool(g) for g in greedy_correct]
+    pairs = list(zip(right, greedy, strict=True))
+    return {"k": k, "prompts": n, "sampled_accuracy": sum(map(sum, right)) / (n * k),
+            "pass_at_k": sum(any(row) for row in right) / n, "greedy_accuracy": sum(greedy) / n,
+            "greedy_wrong_sample_right": sum(any(row) and not g for row, g in pairs) / n,
+            "greedy_right_sample_wrong": sum(g and not all(row) for row, g in pairs) / n,
+            "samples_agree": sum(all(row) or not any(row) for row in right) / n}
+
+
+@torch.no_grad()
+def sampled_correctness(model, tokenizer, prompts: Sequence, answers: Sequence[str], k: int, temperature: float,
+                        max_new_tokens: int = 96, batch_size: int = 16) -> list[list[float]]:
+    """``k`` responses per prompt sampled at ``temperature`` (`generate`), each scored like `evaluate_policy`'s
+    greedy answers: `N` lists of `k` 0/1 scores. Seed torch's RNG first for a repeatable draw."""
+    texts, _, _ = generate(model, tokenizer, [p for p in prompts for _ in range(k)], max_new_tokens, batch_size,
+                           do_sample=True, temperature=temperature, desc=f"sample {k} per prompt")
+    scores = [float(gsm8k.is_correct(completion_text(t), str(answers[i // k]))) for i, t in enumerate(texts)]
+    return [scores[i * k:(i + 1) * k] for i in range(len(prompts))]
+
+
 def evaluate_policy(model, tokenizer, prompts: Sequence, answers: Sequence[str] | None = None,
                     reward_scorer: RewardModelScorer | None = None, max_new_tokens: int = 96,
                     batch_size: int = 16) -> dict:

@@ -85,7 +85,19 @@ class SweepArguments(FromSFTArguments):
                 "print the paired comparison of the first against the second on the same prompts and exit; "
                 "e.g. a method against the continued-SFT control of the same budget."})
 
+    sampled: list[str] = field(default_factory=list, metadata={
+        "help": "Finished points (or sweep folders, for their SFT policy): sample --sampled_k responses per held-out "
+                "prompt at --sampled_temperature, print sampled accuracy, pass@k and the prompts greedy gets wrong "
+                "but a sample gets right, write <folder>/sampled-k<K>-t<T>.json, and exit."})
+    sampled_k: int = field(default=4, metadata={"help": "--sampled: responses per prompt."})
+    sampled_temperature: float = field(default=0.7, metadata={"help": "--sampled: sampling temperature."})
+
     def __post_init__(self):
+        if self.sampled:
+            if self.sampled_k < 1 or self.sampled_temperature <= 0:
+                raise ConfigError(f"--sampled needs --sampled_k >= 1 and --sampled_temperature > 0, got "
+                                  f"{self.sampled_k} and {self.sampled_temperature}.")
+            return
         if self.versus:
             if len(self.versus) != 2:
                 raise ConfigError(f"--versus takes two point folders (A B: A against B), got {len(self.versus)}.")
@@ -276,6 +288,46 @@ def paired_comparison(a: Path, b: Path) -> dict:
             "p_value": test["p_value"], "fixed": test["a_only"], "broke": test["b_only"], "prompts": test["n"]}
 
 
+def sampled_point(folder: Path, k: int, temperature: float, seed: int = 0) -> dict:
+    """`open_rlhf.evaluation.pass_at_k_summary` of a finished point's policy (or a sweep folder's SFT policy) on its
+    sweep's held-out prompts, against the greedy evaluation the sweep kept (`point_evaluation`): ``k`` samples per
+    prompt at ``temperature``, torch seeded with ``seed``, fp32 as the sweep's greedy evaluation. Written to
+    ``<folder>/sampled-k<k>-t<temperature>.json`` (atomically; an existing file is read back, not recomputed).
+
+    Raises:
+        ConfigError: as `point_evaluation`; when the point's policy folder holds no model; when the sweep's prompts
+            have no gold answers.
+    """
+    import torch
+
+    from open_rlhf import evaluation, models
+    from open_rlhf.atomic import atomic_write_text
+
+    folder = Path(folder)
+    out = folder / f"sampled-k{k}-t{temperature:g}.json"
+    if out.is_file():
+        return json.loads(out.read_text())
+    greedy, meta = point_evaluation(folder)
+    if (folder / EVALUATION_FILE).is_file():
+        policy = folder / json.loads((folder / "result.json").read_text())["method"]
+    else:
+        policy = Path(meta["sft_model_path"])
+    if not (policy / "config.json").is_file():
+        raise ConfigError(f"{policy} holds no model (config.json), so {folder}'s policy cannot be sampled. Fix: give a "
+                          "point whose final model was kept.")
+    source = meta.get("eval_dataset") or meta["rl_dataset"]
+    prompts, answers = evaluation.held_out_prompts(source, meta["eval_prompts"], meta["split_seed"])
+    if answers is None:
+        raise ConfigError(f"--sampled: {source} has no gold answers to score samples against.")
+    torch.manual_seed(seed)
+    correct = evaluation.sampled_correctness(models.load_causal_lm(str(policy)), models.load_tokenizer(str(policy)),
+                                             prompts, answers, k, temperature, meta["eval_max_new_tokens"])
+    result = {"folder": str(folder), "policy": str(policy), "temperature": temperature, "seed": seed,
+              **evaluation.pass_at_k_summary(correct, greedy["correct"]), "sampled_correct": correct}
+    atomic_write_text(out, json.dumps(result, indent=1))
+    return result
+
+
 def control_row(start: FromSFT, metrics: dict, stage: dict, marker: dict) -> dict:
     """The comparison row (`open_rlhf.compare.comparison_row`) of a continued-SFT point against the SFT policy it
     started from, with the family ``"control"``: the same paired test and intervals as a method's row."""
@@ -381,6 +433,15 @@ def sweep_main(argv: list[str] | None = None) -> None:
 
     with user_errors():
         (args,) = parse_config(TrlParser((SweepArguments,)), argv)
+        if args.sampled:
+            for folder in args.sampled:
+                r = sampled_point(Path(folder), args.sampled_k, args.sampled_temperature)
+                print(f"{folder}: greedy {r['greedy_accuracy']:.3f}, sampled (T {r['temperature']:g}) "
+                      f"{r['sampled_accuracy']:.3f}, pass@{r['k']} {r['pass_at_k']:.3f}, greedy wrong / a sample right "
+                      f"{r['greedy_wrong_sample_right']:.3f}, greedy right / a sample wrong "
+                      f"{r['greedy_right_sample_wrong']:.3f}, samples agree {r['samples_agree']:.3f} "
+                      f"({r['prompts']} prompts)")
+            return
         if args.versus:
             r = paired_comparison(Path(args.versus[0]), Path(args.versus[1]))
             print(f"A {r['a']}: {r['accuracy_a']:.3f} [{r['ci_low_a']:.3f}, {r['ci_high_a']:.3f}]\n"

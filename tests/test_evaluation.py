@@ -30,3 +30,22 @@ def test_generate_stops_at_any_stop_id_of_the_generation_config(tokenizer):
     assert model.generation_config.eos_token_id == [tokenizer.eos_token_id, stop]
     metrics = evaluation.evaluate_policy(model, tokenizer, prompts, ["3"], max_new_tokens=6)
     assert metrics["eos_rate"] == 1.0 and metrics["accuracy"] == 0.0
+
+
+def test_pass_at_k_summary_hand_computed():
+    """Three prompts x 2 samples: [1, 0] (greedy wrong), [0, 0] (greedy right), [1, 1] (greedy right).
+    Sampled 3/6; pass@2 2/3; greedy 2/3; greedy wrong with a right sample: prompt 0 (1/3); greedy right with a wrong
+    sample: prompt 1 (1/3); samples scored alike: prompts 1 and 2 (2/3)."""
+    import pytest
+
+    r = evaluation.pass_at_k_summary([[1, 0], [0, 0], [1, 1]], [0, 1, 1])
+    assert (r["k"], r["prompts"]) == (2, 3)
+    assert r["sampled_accuracy"] == pytest.approx(0.5) and r["pass_at_k"] == pytest.approx(2 / 3)
+    assert r["greedy_accuracy"] == pytest.approx(2 / 3)
+    assert r["greedy_wrong_sample_right"] == pytest.approx(1 / 3)
+    assert r["greedy_right_sample_wrong"] == pytest.approx(1 / 3)
+    assert r["samples_agree"] == pytest.approx(2 / 3)
+    with pytest.raises(ValueError, match="same prompts"):
+        evaluation.pass_at_k_summary([[1, 0]], [0, 1])
+    with pytest.raises(ValueError, match="same number"):
+        evaluation.pass_at_k_summary([[1, 0], [1]], [0, 1])

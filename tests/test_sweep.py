@@ -127,6 +127,33 @@ def test_versus_compares_two_points_paired(tmp_path, capsys):
         SweepArguments(versus=[str(a), str(b), str(other)])
 
 
+def test_sampled_writes_pass_at_k_of_a_points_policy_once(tmp_path, tiny_model_dir, capsys):
+    """--sampled on a finished point: k samples on each of its sweep's held-out prompts from the point's own policy
+    folder, summarised against the greedy evaluation the sweep kept, written beside it, and read back (not redrawn)
+    by a second call. A point whose model was removed is a clear error."""
+    import shutil
+
+    from open_rlhf.sweep import sampled_point, sweep_main
+
+    point = _point(tmp_path / "sw" / "grpo-s1", [1, 0, 0, 1])
+    (point / "result.json").write_text(json.dumps({"method": "grpo"}))
+    shutil.copytree(tiny_model_dir, point / "grpo")
+    sweep_main(["--sampled", str(point), "--sampled_k", "2", "--sampled_temperature", "1.0"])
+    assert "greedy 0.500, sampled (T 1) " in capsys.readouterr().out  # the kept greedy evaluation: 2 of 4
+    out = point / "sampled-k2-t1.json"
+    r = json.loads(out.read_text())
+    assert (r["k"], r["prompts"], r["policy"]) == (2, 4, str(point / "grpo"))
+    assert len(r["sampled_correct"]) == 4 and all(len(row) == 2 for row in r["sampled_correct"])
+    assert r["pass_at_k"] >= r["sampled_accuracy"] and r["greedy_accuracy"] == 0.5
+    out.write_text(json.dumps({**r, "pass_at_k": 0.123}))  # a second call reads the file back
+    assert sampled_point(point, 2, 1.0)["pass_at_k"] == 0.123
+    shutil.rmtree(point / "grpo")
+    with pytest.raises(ConfigError, match="holds no model"):
+        sampled_point(point, 3, 1.0)
+    with pytest.raises(ConfigError, match="sampled_k >= 1"):
+        SweepArguments(sampled=[str(point)], sampled_k=0)
+
+
 def test_only_a_finished_stage_loses_its_checkpoints(tmp_path):
     stage = tmp_path / "dpo"
     (stage / "checkpoint-20").mkdir(parents=True)
