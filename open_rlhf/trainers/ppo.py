@@ -618,11 +618,10 @@ class PPOTrainer:
             )
         if args.max_steps and args.max_steps > 0:
             self.num_updates = args.max_steps
-        else:
-            if args.total_episodes:  # responses
-                self.num_updates = max(1, args.total_episodes // self.batch_size)
-            else:  # passes over the prompts
-                self.num_updates = max(1, int(args.num_train_epochs * len(train_dataset)) // self.prompts_per_update)
+        elif args.total_episodes:  # responses
+            self.num_updates = max(1, args.total_episodes // self.batch_size)
+        else:  # passes over the prompts
+            self.num_updates = max(1, int(args.num_train_epochs * len(train_dataset)) // self.prompts_per_update)
         num_optimizer_steps = self.num_updates * args.num_ppo_epochs * args.num_mini_batches
         self.logging_every = steps_from_ratio(args.logging_steps, self.num_updates, "logging_steps")
         self.save_every = steps_from_ratio(args.save_steps, self.num_updates, "save_steps")
