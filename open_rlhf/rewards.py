@@ -142,21 +142,41 @@ def arithmetic_validity_reward(prompts: Sequence, completions: Sequence, **kwarg
     Source: the process supervision idea of Lightman et al. 2023, "Let's Verify Step by Step",
     https://arxiv.org/abs/2305.20050 (step-level labels), with the steps checked by a calculator instead of labellers.
     """
-    def value(text: str) -> float:
-        return float(text.replace(",", ""))
-
     scores = []
     for completion in completions:
-        found = _EQUATION.findall(completion_text(completion))
-        right = 0
-        for a, op, b, c in found:
-            x, y, z = value(a), value(b), value(c)
-            if op == "/" and y == 0:
-                continue
-            exact = {"+": x + y, "-": x - y, "*": x * y, "x": x * y, "\u00d7": x * y, "/": x / y if y else 0.0}[op]
-            right += math.isclose(exact, z, rel_tol=1e-6, abs_tol=1e-9) or (op == "/" and round(exact, 2) == z)
-        scores.append(right / len(found) if found else 0.0)
+        text = completion_text(completion)
+        checks = arithmetic_step_checks(text)
+        found = len(_EQUATION.findall(text))  # a division by zero counts as written but never as right
+        scores.append(sum(right for _, right in checks) / found if found else 0.0)
     return scores
+
+
+def arithmetic_step_checks(text: str) -> list[tuple[int, bool]]:
+    """Every ``a <op> b = c`` equation of ``text`` checked by a calculator, as ``arithmetic_validity_reward`` does.
+
+    Args:
+        text (`str`): a completion (plain text).
+
+    Returns:
+        `list[tuple[int, bool]]`: one ``(end, right)`` per equation in order, ``end`` the character offset just
+        past its result ``c`` (where the step is complete), ``right`` whether ``c`` equals ``a op b`` (to 1e-6
+        relative; a division may round to two decimals). A division by zero is skipped.
+
+    Source: the step checks of `arithmetic_validity_reward` (process supervision, Lightman et al. 2023), per step.
+    """
+    def value(number: str) -> float:
+        return float(number.replace(",", ""))
+
+    checks = []
+    for match in _EQUATION.finditer(text):
+        a, op, b, c = match.groups()
+        x, y, z = value(a), value(b), value(c)
+        if op == "/" and y == 0:
+            continue
+        exact = {"+": x + y, "-": x - y, "*": x * y, "x": x * y, "\u00d7": x * y, "/": x / y if y else 0.0}[op]
+        right = math.isclose(exact, z, rel_tol=1e-6, abs_tol=1e-9) or (op == "/" and round(exact, 2) == z)
+        checks.append((match.end(), bool(right)))
+    return checks
 
 
 def format_reward(prompts: Sequence, completions: Sequence, **kwargs) -> list[float]:

@@ -97,6 +97,7 @@ def compute_rewards(
     mask: torch.Tensor,
     kl_coef: float,
     kl_estimator: str = "k1",
+    step_rewards: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token RLHF rewards: a KL penalty on every response token and the score on the last valid one.
 
@@ -107,10 +108,13 @@ def compute_rewards(
         mask (`torch.Tensor` of shape `(B, R)`): 1 on valid response tokens (a prefix of each row, non-empty).
         kl_coef (`float`): beta.
         kl_estimator (`str`): see `per_token_kl`.
+        step_rewards (`torch.Tensor` of shape `(B, R)`, *optional*): process rewards placed on the token that
+            completes each step (e.g. `step_reward_tensor`), added as they are.
 
     Returns:
-        `(rewards, kl)`, both `(B, R)`: ``rewards[b, t] = -beta * kl[b, t] + [t == last_b] * scores[b]``, zero
-        on masked positions; ``kl`` the per-token KL estimate (zero on masked positions).
+        `(rewards, kl)`, both `(B, R)`: ``rewards[b, t] = -beta * kl[b, t] + [t == last_b] * scores[b]
+        + step_rewards[b, t]``, zero on masked positions; ``kl`` the per-token KL estimate (zero on masked
+        positions).
 
     Source: Ziegler et al. 2019, https://arxiv.org/abs/1909.08593, Eq. 2; Ouyang et al. 2022 (InstructGPT),
     https://arxiv.org/abs/2203.02155, Eq. 2 (per-token form of the KL-penalised objective).
@@ -120,6 +124,8 @@ def compute_rewards(
     rewards = -kl_coef * kl
     last = (mask.sum(dim=1).long() - 1).clamp(min=0)
     rewards[torch.arange(rewards.shape[0], device=rewards.device), last] += scores.to(rewards.dtype)
+    if step_rewards is not None:
+        rewards = rewards + step_rewards.to(rewards.dtype)
     return rewards * mask, kl
 
 

@@ -201,3 +201,11 @@ def test_group_baseline_subtracts_each_groups_mean():
     torch.testing.assert_close(group_baseline(scores, 1), torch.zeros(6))
     with pytest.raises(ValueError, match="groups of 3"):
         group_baseline(torch.zeros(4), 3)
+
+
+def test_step_rewards_are_added_where_they_are_placed():
+    logprobs = torch.zeros(1, 4)
+    mask = torch.tensor([[1.0, 1.0, 1.0, 0.0]])
+    step = torch.tensor([[0.0, -0.5, 0.0, 0.0]])
+    rewards, _ = compute_rewards(torch.tensor([1.0]), logprobs, logprobs, mask, kl_coef=0.1, step_rewards=step)
+    torch.testing.assert_close(rewards, torch.tensor([[0.0, -0.5, 1.0, 0.0]]))

@@ -409,3 +409,64 @@ def test_trpo_options_are_checked(tmp_path):
         make_args(tmp_path, policy_update="sgd")
     with pytest.raises(ConfigError, match="trpo_max_kl > 0"):
         make_args(tmp_path, policy_update="trpo", trpo_max_kl=0.0)
+
+
+def test_step_reward_penalises_the_token_that_completes_a_wrong_equation(tokenizer):
+    """step_reward_tensor: -coef on the last token of each wrong result (digits are single tokens here), nothing
+    for right equations or other tokens."""
+    from open_rlhf.trainers.ppo import step_reward_tensor
+
+    texts = ["He has 8 * 14 = 116 marbles.\nThen 116 - 6 = 110.\n#### 110", "2 + 2 = 4, 3 * 3 = 6 and 2 + 2 = 5"]
+    rows = [tokenizer.encode(t, add_special_tokens=False) + [tokenizer.eos_token_id] for t in texts]
+    responses = torch.full((2, max(map(len, rows)) + 3), tokenizer.pad_token_id)
+    mask = torch.zeros(responses.shape, dtype=torch.bool)
+    for b, row in enumerate(rows):
+        responses[b, :len(row)], mask[b, :len(row)] = torch.tensor(row), True
+    decoded = [tokenizer.decode(responses[b][mask[b]], skip_special_tokens=True) for b in range(2)]
+    assert decoded == texts
+    out = step_reward_tensor(decoded, responses, mask, tokenizer, coef=0.5)
+    hits = out.nonzero().tolist()
+    ends = [(b, tokenizer.decode(rows[b][:t + 1]), tokenizer.decode(rows[b][:t])) for b, t in hits]
+    assert [b for b, _, _ in ends] == [0, 1, 1]
+    for (_, upto, before), step in zip(ends, ("8 * 14 = 116", "3 * 3 = 6", "2 + 2 = 5"), strict=True):
+        assert upto.endswith(step) and not before.endswith(step), (upto, step)
+    assert out[out != 0].tolist() == [-0.5, -0.5, -0.5]
+
+
+def test_step_reward_enters_the_rollout_rewards_and_log(tmp_path, tokenizer):
+    """--step_reward arith on a tiny policy that writes only '2 + = 4 5' tokens: the rollout's per-token rewards are
+    compute_rewards' with the step rewards of its own texts, the penalties are there, and the logged
+    objective/step_rewards is -coef times the mean number of wrong equations per response."""
+    from open_rlhf.rewards import arithmetic_step_checks
+    from open_rlhf.rl_math import compute_rewards
+    from open_rlhf.trainers.ppo import step_reward_tensor
+
+    ids = [tokenizer.encode(s, add_special_tokens=False)[0] for s in ("2", "+", "=", "4", "5")]
+    torch.manual_seed(0)
+    policy, ref = (LlamaForCausalLM(tiny_llama_config(tokenizer, tie_word_embeddings=False)) for _ in range(2))
+    ref.load_state_dict(policy.state_dict())
+    for model in (policy, ref):
+        bias = torch.full((model.config.vocab_size,), -20.0)
+        bias[ids] = 0.0
+        model.lm_head.register_forward_hook(lambda m, i, output, bias=bias: output + bias.to(output.dtype))
+    args = make_args(tmp_path, advantage_estimator="reinforce_pp", response_length=16, per_device_train_batch_size=8,
+                     num_mini_batches=1, step_reward="arith", step_reward_coef=0.5)
+    trainer = PPOTrainer(args, tokenizer, policy, ref, target_reward, None, prompts())
+    data = trainer.rollout(trainer.train_dataset[:8])
+    responses = data.query_responses[:, data.context_length:]
+    step = step_reward_tensor(data.texts, responses, data.mask.bool(), tokenizer, 0.5)
+    wrong = [sum(not right for _, right in arithmetic_step_checks(t)) for t in data.texts]
+    assert sum(wrong) > 0, data.texts
+    torch.testing.assert_close(step.sum(1), -0.5 * torch.tensor(wrong, dtype=torch.float32))
+    rewards, _ = compute_rewards(data.scores, data.logprobs, data.ref_logprobs, data.mask, args.kl_coef,
+                                 step_rewards=step)
+    torch.testing.assert_close(data.rewards, rewards)
+    metrics = trainer._rollout_metrics(data)
+    assert metrics["objective/step_rewards"] == pytest.approx(-0.5 * sum(wrong) / 8)
+
+
+def test_step_reward_options_are_checked(tmp_path):
+    with pytest.raises(Exception, match="--step_reward must be one of"):
+        make_args(tmp_path, step_reward="prm")
+    with pytest.raises(Exception, match="--step_reward_coef is a penalty"):
+        make_args(tmp_path, step_reward="arith", step_reward_coef=-1.0)

@@ -312,3 +312,13 @@ def test_arithmetic_validity_reward_checks_each_equation():
     assert arithmetic_validity_reward(None, completions) == [1.0, 0.5, 1.0, 0.0, 0.0]
     spec = build_reward_functions("math,0.5*arith")
     assert spec(["q"] * 2, completions[:2], answer=["133", "106"]) == [1.5, 0.25]
+
+
+def test_arithmetic_step_checks_give_each_equation_its_end_and_verdict():
+    from open_rlhf.rewards import arithmetic_step_checks
+
+    text = "Max buys 8 bags of 14: 8 * 14 = 116 marbles.\nHe gives 6: 116 - 6 = 110.\n7 / 0 = 1, 10 / 3 = 3.33"
+    checks = arithmetic_step_checks(text)
+    assert [end for end, _ in checks] == [text.index("116") + 3, text.index("110") + 3, len(text)]
+    assert [right for _, right in checks] == [False, True, True]  # 8 * 14 is 112; 7 / 0 is skipped
+    assert arithmetic_step_checks("#### 5") == []

@@ -13,6 +13,8 @@ What one update (``global_step``) actually does:
    model's output, or a verifiable 0/1). A response with no EOS loses ``missing_eos_penalty``.
 3. **Per-token reward** (Ziegler et al. 2019, Eq. 2; Stiennon et al. 2020, Eq. 1):
    ``r_t = -beta * (log pi(y_t) - log pi_ref(y_t))`` on every response token, plus the score on the last one.
+   With ``step_reward="arith"``, also a process reward of ``-step_reward_coef`` on the token that completes each
+   wrong ``a op b = c`` equation (`step_reward_tensor`), so the slip itself is blamed, not the steps after it.
 4. **GAE** (Schulman et al. 2016, Eq. 16) with the value model's per-token values -> advantages, returns;
    advantages are whitened over the valid tokens of the batch.
 5. **Optimise** for ``num_ppo_epochs`` epochs over ``num_mini_batches`` shuffled minibatches: the clipped
@@ -54,6 +56,7 @@ import math
 import os
 import shutil
 import time
+from bisect import bisect_left
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -77,6 +80,7 @@ from trl.trainer.utils import disable_dropout_in_model, selective_log_softmax_an
 from open_rlhf.config import HardwareDefaultsMixin
 from open_rlhf.errors import ConfigError
 from open_rlhf.models import stop_token_ids
+from open_rlhf.rewards import arithmetic_step_checks
 from open_rlhf.rl_math import (
     AdaptiveKLController,
     FixedKLController,
@@ -104,6 +108,7 @@ TRAINER_STATE_NAME = "trainer_state.json"
 ADVANTAGE_ESTIMATORS = ("gae", "reinforce_pp", "reinforce_pp_baseline")
 POLICY_UPDATES = ("ppo", "trpo")
 ROLLOUT_SAMPLING = ("per_prompt", "global")
+STEP_REWARDS = ("arith",)
 # The TrainingArguments fields PPOTrainer reads (besides its own PPOConfig fields). Also the bookkeeping fields
 # transformers' own Trainer ignores (do_train, ...) and those that only matter to the launcher or logging.
 HONOURED_TRAINING_ARGUMENTS = frozenset({
@@ -197,6 +202,15 @@ class PPOConfig(HardwareDefaultsMixin, TrainingArguments):
     gamma: float = field(default=1.0, metadata={"help": "Discount factor."})
     lam: float = field(default=0.95, metadata={"help": "GAE lambda."})
     whiten_rewards: bool = field(default=False, metadata={"help": "Whiten per-token rewards before GAE."})
+    step_reward: str | None = field(
+        default=None,
+        metadata={"help": "A process reward on the token that completes each checked step, besides the sequence "
+                          "score: 'arith' adds -step_reward_coef at the result of every wrong 'a op b = c' equation "
+                          "of a response (rewards.arithmetic_step_checks), so the reward-to-go blames the slip and "
+                          "the tokens before it, not the steps after it. Default: none."},
+    )
+    step_reward_coef: float = field(
+        default=0.5, metadata={"help": "The penalty of one wrong step of --step_reward (reward units, >= 0)."})
     advantage_estimator: str = field(
         default="gae",
         metadata={"help": "'gae': PPO with a value model (GAE); 'reinforce_pp': REINFORCE++ (no value model, "
@@ -245,6 +259,11 @@ class PPOConfig(HardwareDefaultsMixin, TrainingArguments):
             raise ConfigError(f"TRPO needs --trpo_max_kl > 0 (got {self.trpo_max_kl}), --trpo_cg_iterations >= 1 "
                               f"(got {self.trpo_cg_iterations}), --trpo_damping >= 0 (got {self.trpo_damping}) and "
                               f"--trpo_max_backtracks >= 1 (got {self.trpo_max_backtracks}).")
+        if self.step_reward is not None and self.step_reward not in STEP_REWARDS:
+            raise ConfigError(f"--step_reward must be one of {STEP_REWARDS} (or unset), got {self.step_reward!r}.")
+        if self.step_reward_coef < 0:
+            raise ConfigError(f"--step_reward_coef is a penalty per wrong step and must be >= 0, got "
+                              f"{self.step_reward_coef}.")
         if self.kl_estimator not in ("k1", "k3"):
             raise ConfigError(f"--kl_estimator must be 'k1' or 'k3', got {self.kl_estimator!r}.")
         for name in ("num_mini_batches", "num_ppo_epochs", "response_length", "local_rollout_forward_batch_size"):
@@ -512,6 +531,52 @@ def rollout_seed(seed: int, update: int, prompt_index: int) -> int:
 # ----------------------------------------------------------------------------------------------------------------
 
 
+def token_end_offsets(tokenizer, ids: list[int]) -> list[int]:
+    """Where each token of a decoded response ends: ``len(decode(ids[:i + 1]))`` for every ``i``, made monotone.
+
+    Decoding each prefix (as the response text itself is decoded, special tokens skipped) maps character offsets
+    of the text back to tokens for any tokenizer, byte-level BPE included. O(len(ids)^2) characters; responses here
+    are at most ``response_length`` tokens.
+    """
+    ends, longest = [], 0
+    for i in range(len(ids)):
+        longest = max(longest, len(tokenizer.decode(ids[: i + 1], skip_special_tokens=True)))
+        ends.append(longest)
+    return ends
+
+
+def step_reward_tensor(texts: list[str], responses: torch.Tensor, mask: torch.Tensor, tokenizer,
+                       coef: float) -> torch.Tensor:
+    """Process rewards of the arithmetic steps: ``-coef`` on the token that completes each wrong equation.
+
+    Args:
+        texts (`list[str]`): the decoded responses, ``tokenizer.decode(responses[b][mask[b]],
+            skip_special_tokens=True)``.
+        responses (`torch.Tensor` of shape `(B, R)`): the response token ids.
+        mask (`torch.Tensor` of shape `(B, R)`, bool): the valid tokens of each row (a prefix).
+        tokenizer: the policy's tokenizer.
+        coef (`float`): the penalty of one wrong step (reward units).
+
+    Returns:
+        `torch.Tensor` of shape `(B, R)`, float32: 0 everywhere except ``-coef`` (summed when two steps end on one
+        token) at the first token whose decoded prefix covers the result ``c`` of a wrong ``a op b = c``
+        (`rewards.arithmetic_step_checks`). Right steps get no reward, so writing more equations cannot earn any.
+
+    Source: step-level rewards placed at the end of each step, as in the step-by-step PPO of Math-Shepherd (Wang et
+    al. 2024, https://arxiv.org/abs/2312.08935, Sec. 3.4) and Lightman et al. 2023's process supervision, with the
+    steps checked by a calculator instead of a process reward model.
+    """
+    out = torch.zeros(responses.shape, dtype=torch.float32)
+    for b, text in enumerate(texts):
+        wrong = [end for end, right in arithmetic_step_checks(text) if not right]
+        if not wrong:
+            continue
+        ends = token_end_offsets(tokenizer, responses[b][mask[b]].tolist())
+        for end in wrong:
+            out[b, min(bisect_left(ends, end), len(ends) - 1)] -= coef
+    return out
+
+
 @dataclass
 class Rollout:
     """One rollout batch of this process (steps 1-4 of the module docstring).
@@ -538,6 +603,7 @@ class Rollout:
     entropy: torch.Tensor  # (B, R) policy entropy, nats
     texts: list[str]  # the decoded responses
     timings: dict[str, float] = field(default_factory=dict)  # seconds: generate, score, forward
+    step_rewards: torch.Tensor | None = None  # (B, R) the process rewards of --step_reward, or None
 
 
 class PPOTrainer:
@@ -815,6 +881,8 @@ class PPOTrainer:
         raw_scores = scores.clone()
         if args.missing_eos_penalty is not None:
             scores = scores - args.missing_eos_penalty * (~has_eos).float()
+        step_rewards = (step_reward_tensor(texts, responses, mask, self.tokenizer, args.step_reward_coef)
+                        .to(self.accelerator.device) if args.step_reward == "arith" else None)
         timings["score"] = time.perf_counter() - start
 
         start = time.perf_counter()
@@ -846,7 +914,7 @@ class PPOTrainer:
         task_scores = (group_baseline(scores, args.num_samples_per_prompt)
                        if args.advantage_estimator == "reinforce_pp_baseline" else scores)
         rewards, kl = compute_rewards(task_scores, logprobs, ref_logprobs, maskf, self.kl_ctl.value,
-                                      args.kl_estimator)
+                                      args.kl_estimator, step_rewards=step_rewards)
         if args.whiten_rewards:
             rewards = masked_whiten(rewards, maskf, shift_mean=False, reduce_sum=self._reduce_sum)
         if self.use_value_model:
@@ -860,7 +928,7 @@ class PPOTrainer:
                        mask=maskf, has_eos=has_eos, logprobs=logprobs, ref_logprobs=ref_logprobs, values=values,
                        rewards=rewards, advantages=advantages, returns=returns, scores=scores,
                        raw_scores=raw_scores, kl=kl, non_score_reward=(-self.kl_ctl.value * kl).sum(1),
-                       entropy=entropy, texts=texts, timings=timings)
+                       entropy=entropy, texts=texts, timings=timings, step_rewards=step_rewards)
 
     # -- optimisation ----------------------------------------------------------------------------------------
     def optimize(self, data: Rollout) -> dict[str, float]:
@@ -1040,6 +1108,8 @@ class PPOTrainer:
         }
         if self.use_value_model:
             terms["value/mean"] = (data.values * data.mask, data.mask)
+        if data.step_rewards is not None:  # the summed process reward of a response (-coef per wrong step)
+            terms["objective/step_rewards"] = (data.step_rewards.sum(1), ones)
         k = self.args.num_samples_per_prompt
         if k > 1:  # groups whose responses all score the same: no signal under a group baseline
             groups = data.raw_scores.view(-1, k)
