@@ -470,3 +470,27 @@ def test_step_reward_options_are_checked(tmp_path):
         make_args(tmp_path, step_reward="prm")
     with pytest.raises(Exception, match="--step_reward_coef is a penalty"):
         make_args(tmp_path, step_reward="arith", step_reward_coef=-1.0)
+
+
+def test_freezing_actor_steps_train_only_the_value_model_first(tmp_path, tokenizer):
+    """--freezing_actor_steps 2: after two updates the policy is bit-for-bit the initial one while the value model
+    has moved; the third update moves the policy. REINFORCE++ (no value model) rejects the option."""
+    policy, ref, value = make_models(tokenizer)
+    start_policy = {k: v.clone() for k, v in policy.state_dict().items()}
+    start_value = {k: v.clone() for k, v in value.state_dict().items()}
+    args = make_args(tmp_path, max_steps=3, save_strategy="no", freezing_actor_steps=2)
+    trainer = PPOTrainer(args, tokenizer, policy, ref, target_reward, value, prompts())
+
+    def moved(model, start):
+        return any(not torch.equal(v, start[k]) for k, v in model.state_dict().items())
+
+    for _ in range(2):
+        indices = trainer._batch_indices(trainer.global_step)
+        trainer.optimize(trainer.rollout(trainer.train_dataset[indices], indices))
+        trainer.global_step += 1
+    assert not moved(policy, start_policy) and moved(value, start_value)
+    indices = trainer._batch_indices(trainer.global_step)
+    trainer.optimize(trainer.rollout(trainer.train_dataset[indices], indices))
+    assert moved(policy, start_policy)
+    with pytest.raises(Exception, match="--freezing_actor_steps 2 warms up a value model"):
+        make_args(tmp_path, advantage_estimator="reinforce_pp", freezing_actor_steps=2)

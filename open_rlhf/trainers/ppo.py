@@ -199,6 +199,12 @@ class PPOConfig(HardwareDefaultsMixin, TrainingArguments):
                           "default: learning_rate. A critic usually learns faster than the policy (OpenRLHF's "
                           "defaults: 9e-6 against 5e-7), and with AdamW vf_coef hardly changes its step size."},
     )
+    freezing_actor_steps: int = field(
+        default=0,
+        metadata={"help": "PPO with a value model: the first N updates train only the value model (the policy's "
+                          "gradients are dropped), so GAE's advantages are not mostly critic error when the policy "
+                          "starts to move. They count in max_steps. OpenRLHF's --freezing_actor_steps."},
+    )
     gamma: float = field(default=1.0, metadata={"help": "Discount factor."})
     lam: float = field(default=0.95, metadata={"help": "GAE lambda."})
     whiten_rewards: bool = field(default=False, metadata={"help": "Whiten per-token rewards before GAE."})
@@ -271,6 +277,11 @@ class PPOConfig(HardwareDefaultsMixin, TrainingArguments):
                 raise ConfigError(f"--{name} must be >= 1, got {getattr(self, name)}.")
         if self.temperature <= 0:
             raise ConfigError(f"--temperature must be > 0 (sampling is required for PPO), got {self.temperature}.")
+        if self.freezing_actor_steps < 0:
+            raise ConfigError(f"--freezing_actor_steps must be >= 0, got {self.freezing_actor_steps}.")
+        if self.freezing_actor_steps and self.advantage_estimator != "gae":
+            raise ConfigError(f"--freezing_actor_steps {self.freezing_actor_steps} warms up a value model, and "
+                              f"--advantage_estimator {self.advantage_estimator} has none. Fix: drop it, or use gae.")
         if self.value_learning_rate is not None and self.value_learning_rate <= 0:
             raise ConfigError(f"--value_learning_rate must be > 0, got {self.value_learning_rate}.")
         if self.num_samples_per_prompt < 1:
@@ -735,6 +746,9 @@ class PPOTrainer:
         self.is_fsdp = self.accelerator.distributed_type == DistributedType.FSDP
         self.is_zero3 = (self.accelerator.distributed_type == DistributedType.DEEPSPEED
                          and state.deepspeed_plugin.zero_stage == 3)
+        if args.freezing_actor_steps and self.accelerator.distributed_type == DistributedType.DEEPSPEED:
+            raise ConfigError("--freezing_actor_steps drops the policy's gradients before the optimizer step, which "
+                              "DeepSpeed's engine keeps in its own buffers. Fix: drop it, or use DDP or FSDP.")
         if ref_model is not None and self.is_fsdp:
             self.ref_model = prepare_fsdp(ref_model, self.accelerator)
         elif ref_model is not None and self.is_zero3:
@@ -944,6 +958,7 @@ class PPOTrainer:
         if args.policy_update == "trpo":
             return self._trpo_update(data)
         self.wrapper.train()
+        freeze_actor = self.use_value_model and self.global_step < args.freezing_actor_steps
         sums: dict[str, tuple[list, list]] = defaultdict(lambda: ([], []))
         n = data.query_responses.shape[0]
         micro = args.per_device_train_batch_size
@@ -974,13 +989,17 @@ class PPOTrainer:
                         if self.use_value_model:
                             vf_loss, vf_stats = ppo_value_loss(new_values, data.values[idx], data.returns[idx], m,
                                                                args.cliprange_value, num_tokens=normaliser)
-                            loss = pg_loss + args.vf_coef * vf_loss
+                            # frozen actor: 0 * pg_loss keeps the policy in the graph (DDP expects its gradients)
+                            loss = (0.0 if freeze_actor else 1.0) * pg_loss + args.vf_coef * vf_loss
                             means |= {"loss/value": vf_loss * normaliser / tokens.clamp(min=1),
                                       **{f"value/{k}": v for k, v in vf_stats.items()}}
                         self.accelerator.backward(loss)
                     for key, mean in means.items():
                         sums[key][0].append(mean.detach() * tokens)
                         sums[key][1].append(tokens)
+                if freeze_actor:  # critic warm-up: the policy's gradients (all-reduced zeros or not) are dropped
+                    for p in self.accelerator.unwrap_model(self.wrapper).policy.parameters():
+                        p.grad = None
                 if args.max_grad_norm and args.max_grad_norm > 0:
                     self.accelerator.clip_grad_norm_(self.wrapper.parameters(), args.max_grad_norm)
                 self.optimizer.step()
