@@ -213,7 +213,7 @@ def _load_models(spec: StageSpec, training_args, model_args) -> dict[str, Any]:
 
 
 def _build_trainer(spec: StageSpec, loaded: dict, training_args, model_args, train_dataset, eval_dataset,
-                   reward) -> Any:
+                   reward, ptx_dataset=None) -> Any:
     from trl import get_peft_config
 
     trainer_class = spec.trainer()
@@ -225,7 +225,8 @@ def _build_trainer(spec: StageSpec, loaded: dict, training_args, model_args, tra
     if spec.model == "ppo":
         return trainer_class(args=training_args, processing_class=loaded["tokenizer"], model=loaded["model"],
                              ref_model=loaded["ref_model"], reward_funcs=[reward],
-                             value_model=loaded["value_model"], train_dataset=train_dataset)
+                             value_model=loaded["value_model"], train_dataset=train_dataset,
+                             ptx_dataset=ptx_dataset)
     kwargs = dict(spec.trainer_kwargs)
     if spec.eval_dataset:
         kwargs["eval_dataset"] = eval_dataset
@@ -427,8 +428,16 @@ def run_stage(name: str, script_args: ScriptArguments, training_args, model_args
         train_dataset, eval_dataset = _monte_carlo_labels(training_args, loaded["model_path"], train_dataset,
                                                           eval_dataset)
 
+    # PPO-ptx demonstrations: split like the stage's data (same eval_size and seed), so when they come from the
+    # stage's own file its held-out rows stay held out; for the built-in task they are the SFT stream
+    ptx_dataset = None
+    if spec.model == "ppo" and training_args.ptx_coef > 0:
+        ptx_dataset = data.load_splits(training_args.ptx_dataset_name or script_args.dataset_name, "sft",
+                                       eval_size=script_args.eval_size, seed=script_args.split_seed)[0]
+
     # Train
-    trainer = _build_trainer(spec, loaded, training_args, model_args, train_dataset, eval_dataset, reward)
+    trainer = _build_trainer(spec, loaded, training_args, model_args, train_dataset, eval_dataset, reward,
+                             ptx_dataset)
     if script_args.curve_every:
         trainer.callback_handler.add_callback(_curve_callback(spec, script_args, training_args, loaded, eval_dataset))
     outputs.restore_token_count(trainer, last_checkpoint)  # TRL does not checkpoint SFT/DPO's num_tokens

@@ -494,3 +494,33 @@ def test_freezing_actor_steps_train_only_the_value_model_first(tmp_path, tokeniz
     assert moved(policy, start_policy)
     with pytest.raises(Exception, match="--freezing_actor_steps 2 warms up a value model"):
         make_args(tmp_path, advantage_estimator="reinforce_pp", freezing_actor_steps=2)
+
+
+def demonstrations(n=16):
+    return Dataset.from_dict({
+        "prompt": [[{"role": "user", "content": f"Write something, number {i}."}] for i in range(n)],
+        "completion": [[{"role": "assistant", "content": "the cat is on the mat"}] for _ in range(n)]})
+
+
+def test_ptx_term_raises_the_demonstrations_likelihood(tmp_path, tokenizer):
+    """PPO-ptx with a reward that is always 0 (no RL signal beyond the KL term): the demonstrations' NLL, logged as
+    loss/ptx, falls over 6 updates, and the ptx micro-batches hold the prompt left-padded, then the assistant turn
+    (with its end-of-turn token) right-padded. Without --ptx_coef the demonstrations are not used."""
+    eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    policy, ref, _ = make_models(tokenizer, extra_ids=(eos, tokenizer.encode("\n", add_special_tokens=False)[0]))
+    args = make_args(tmp_path, advantage_estimator="reinforce_pp", max_steps=6, save_strategy="no",
+                     num_ppo_epochs=1, num_mini_batches=1, ptx_coef=1.0, response_length=12)
+    trainer = PPOTrainer(args, tokenizer, policy, ref, lambda prompts, completions, **_: [0.0] * len(completions),
+                         None, prompts(), ptx_dataset=demonstrations())
+    qr, am, p_len, c_mask = trainer._ptx_batch(0)
+    first = tokenizer.decode(qr[0, p_len:][c_mask[0].bool()])
+    assert first.startswith("the cat is on the mat<|im_end|>"), first
+    assert qr.shape[0] == args.per_device_train_batch_size and am[:, p_len:].equal(c_mask.long())
+    history = trainer.train()
+    ptx = [h["loss/ptx"] for h in history]
+    assert ptx[-1] < ptx[0] - 0.5 and all(b < a for a, b in zip(ptx, ptx[1:])), ptx
+    plain = PPOTrainer(make_args(tmp_path / "plain", advantage_estimator="reinforce_pp"), tokenizer, policy, ref,
+                       target_reward, None, prompts(), ptx_dataset=demonstrations())
+    assert plain.ptx_dataset is None
+    with pytest.raises(Exception, match="--ptx_coef 1.0 needs demonstrations"):
+        PPOTrainer(args, tokenizer, policy, ref, target_reward, None, prompts())

@@ -208,3 +208,13 @@ def test_reward_stage_is_reproducible(tmp_path, tiny_model_dir):
                              "--max_steps", "1", *COMMON])
     a, b = weights(tmp_path / "a"), weights(tmp_path / "b")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_ppo_main_with_ptx_reads_the_built_in_demonstrations(tmp_path, tiny_model_dir):
+    """--ptx_coef: the PPO stage loads the built-in SFT stream as demonstrations and logs their NLL (a tiny random
+    model: about ln(vocab) = 10.8 nats per token)."""
+    run("ppo", ["--model_name_or_path", str(tiny_model_dir), "--output_dir", str(tmp_path), "--max_steps", "1",
+                "--response_length", "8", "--gradient_accumulation_steps", "1", "--ptx_coef", "0.5",
+                "--advantage_estimator", "reinforce_pp", *COMMON])
+    history = json.loads((tmp_path / "trainer_state.json").read_text())["log_history"]
+    assert 8 < history[0]["loss/ptx"] < 13

@@ -205,6 +205,16 @@ class PPOConfig(HardwareDefaultsMixin, TrainingArguments):
                           "gradients are dropped), so GAE's advantages are not mostly critic error when the policy "
                           "starts to move. They count in max_steps. OpenRLHF's --freezing_actor_steps."},
     )
+    ptx_coef: float = field(
+        default=0.0,
+        metadata={"help": "PPO-ptx (InstructGPT, Ouyang et al. 2022, Eq. 2): weight of the demonstrations' NLL (mean "
+                          "nats per completion token) added to each minibatch's loss; 0 = off."},
+    )
+    ptx_dataset_name: str | None = field(
+        default=None,
+        metadata={"help": "Demonstrations of the ptx term (prompt-completion data, as train_sft.py reads it); "
+                          "default: the SFT data of --dataset_name (the built-in task's SFT stream)."},
+    )
     gamma: float = field(default=1.0, metadata={"help": "Discount factor."})
     lam: float = field(default=0.95, metadata={"help": "GAE lambda."})
     whiten_rewards: bool = field(default=False, metadata={"help": "Whiten per-token rewards before GAE."})
@@ -277,6 +287,8 @@ class PPOConfig(HardwareDefaultsMixin, TrainingArguments):
                 raise ConfigError(f"--{name} must be >= 1, got {getattr(self, name)}.")
         if self.temperature <= 0:
             raise ConfigError(f"--temperature must be > 0 (sampling is required for PPO), got {self.temperature}.")
+        if self.ptx_coef < 0:
+            raise ConfigError(f"--ptx_coef must be >= 0, got {self.ptx_coef}.")
         if self.freezing_actor_steps < 0:
             raise ConfigError(f"--freezing_actor_steps must be >= 0, got {self.freezing_actor_steps}.")
         if self.freezing_actor_steps and self.advantage_estimator != "gae":
@@ -654,11 +666,19 @@ class PPOTrainer:
             GAE, or has no scalar ``score`` head.
     """
 
-    def __init__(self, args: PPOConfig, processing_class, model, ref_model, reward_funcs, value_model, train_dataset):
+    def __init__(self, args: PPOConfig, processing_class, model, ref_model, reward_funcs, value_model, train_dataset,
+                 ptx_dataset=None):
         self.args = args
         self.tokenizer = processing_class
         if "prompt" not in train_dataset.column_names:
             raise ConfigError(f"The PPO dataset needs a 'prompt' column; it has {train_dataset.column_names}.")
+        if args.ptx_coef > 0 and (ptx_dataset is None or len(ptx_dataset) == 0
+                                  or not {"prompt", "completion"} <= set(ptx_dataset.column_names)):
+            raise ConfigError(
+                f"--ptx_coef {args.ptx_coef} needs demonstrations with 'prompt' and 'completion' columns (got "
+                f"{None if ptx_dataset is None else ptx_dataset.column_names}). Fix: pass --ptx_dataset_name with "
+                "SFT data, or drop --ptx_coef.")
+        self.ptx_dataset = ptx_dataset if args.ptx_coef > 0 else None
         self.is_peft = hasattr(model, "disable_adapter") and hasattr(model, "peft_config")
         if ref_model is None and not self.is_peft:
             raise ConfigError("ref_model is required unless the policy is a PEFT model (adapter-disabled reference).")
@@ -823,9 +843,12 @@ class PPOTrainer:
         start = offset * self.prompts_per_update + self.accelerator.process_index * per_process
         return [i for i in perm[start:start + per_process] for _ in range(self.args.num_samples_per_prompt)]
 
+    def _prompt_texts(self, prompts: list) -> list[str]:
+        return [p if isinstance(p, str) else
+                self.tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
+
     def _encode_prompts(self, prompts: list) -> dict[str, torch.Tensor]:
-        texts = [p if isinstance(p, str) else
-                 self.tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
+        texts = self._prompt_texts(prompts)
         side = self.tokenizer.truncation_side
         self.tokenizer.truncation_side = "left"
         try:
@@ -834,6 +857,48 @@ class PPOTrainer:
         finally:
             self.tokenizer.truncation_side = side
         return {k: v.to(self.accelerator.device) for k, v in enc.items()}
+
+    def _ptx_batch(self, draw: int) -> tuple[torch.Tensor, torch.Tensor, int, torch.Tensor]:
+        """This process's micro-batch number ``draw`` of demonstrations for the ptx term.
+
+        ``per_device_train_batch_size`` rows of a seeded permutation per pass over the demonstrations (the draw
+        index, not a stream, picks them, so a resumed run draws the same rows), each process its own share. The
+        prompt is rendered and left-padded as in a rollout, the completion (the chat template's assistant turn,
+        with its end-of-turn tokens) right-padded and cut at ``response_length``.
+
+        Returns:
+            `(query_responses, attention_mask, context_length, completion_mask)`: `(B, P + C)`, `(B, P + C)`, P, and
+            `(B, C)` float, 1 on the completion's tokens.
+
+        Raises:
+            ConfigError: when a conversational completion does not extend its prompt under the chat template.
+        """
+        args, n = self.args, len(self.ptx_dataset)
+        size, world = args.per_device_train_batch_size, self.accelerator.num_processes
+        per_epoch = max(1, n // (size * world))
+        epoch, offset = divmod(draw, per_epoch)
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(args.seed + 7919 + epoch)).tolist()
+        start = (offset * world + self.accelerator.process_index) * size
+        rows = self.ptx_dataset[[perm[(start + i) % n] for i in range(size)]]
+        prompt_texts = self._prompt_texts(rows["prompt"])
+        completions = []
+        for prompt, text, completion in zip(rows["prompt"], prompt_texts, rows["completion"], strict=True):
+            if isinstance(completion, str):
+                completions.append(completion + (self.tokenizer.eos_token or ""))
+                continue
+            full = self.tokenizer.apply_chat_template(prompt + completion, tokenize=False)
+            if not full.startswith(text):
+                raise ConfigError("A ptx demonstration's chat-template rendering does not start with its prompt's "
+                                  f"(prompt {prompt!r}); the ptx term needs a template whose assistant turn extends the "
+                                  "prompt. Fix: use plain-text prompt/completion columns.")
+            completions.append(full[len(text):])
+        enc = self._encode_prompts(rows["prompt"])
+        comp = self.tokenizer(completions, return_tensors="pt", padding=True, padding_side="right", truncation=True,
+                              max_length=args.response_length, add_special_tokens=False)
+        comp = {k: v.to(self.accelerator.device) for k, v in comp.items()}
+        return (torch.cat([enc["input_ids"], comp["input_ids"]], dim=1),
+                torch.cat([enc["attention_mask"], comp["attention_mask"]], dim=1),
+                enc["input_ids"].shape[1], comp["attention_mask"].float())
 
     # -- rollout ---------------------------------------------------------------------------------------------
     def _generate(self, enc: dict[str, torch.Tensor], prompt_indices: list[int]) -> torch.Tensor:
@@ -963,6 +1028,7 @@ class PPOTrainer:
         n = data.query_responses.shape[0]
         micro = args.per_device_train_batch_size
         world = self.accelerator.num_processes
+        draw = self.global_step * args.num_ppo_epochs * args.num_mini_batches  # the ptx micro-batch index
         for _ in range(args.num_ppo_epochs):
             order = torch.randperm(n).tolist()
             for mb_start in range(0, n, args.mini_batch_size):
@@ -970,6 +1036,16 @@ class PPOTrainer:
                 mb_tokens = self._reduce_sum(data.mask[torch.tensor(mb, device=data.mask.device)].sum())
                 normaliser = (mb_tokens / world).clamp(min=1.0)
                 self.optimizer.zero_grad()
+                if self.ptx_dataset is not None:  # PPO-ptx: ptx_coef * the demonstrations' mean NLL per token
+                    qr, am, p_len, c_mask = self._ptx_batch(draw)
+                    draw += 1
+                    with self.accelerator.no_sync(self.wrapper):  # the last RL micro-batch all-reduces
+                        ptx_logprobs = self.wrapper(qr, am, p_len, 1.0)[0]
+                        ptx_tokens = c_mask.sum().clamp(min=1)
+                        ptx_loss = -(ptx_logprobs * c_mask).sum() / ptx_tokens
+                        self.accelerator.backward(args.ptx_coef * ptx_loss)
+                    sums["loss/ptx"][0].append(ptx_loss.detach() * ptx_tokens)
+                    sums["loss/ptx"][1].append(ptx_tokens)
                 starts = list(range(0, len(mb), micro))
                 for mc_start in starts:
                     idx = torch.tensor(mb[mc_start:mc_start + micro], device=self.accelerator.device)
