@@ -19,7 +19,9 @@ What one update (``global_step``) actually does:
    advantages are whitened over the valid tokens of the batch.
 5. **Optimise** for ``num_ppo_epochs`` epochs over ``num_mini_batches`` shuffled minibatches: the clipped
    surrogate policy loss (Schulman et al. 2017, Eq. 7) plus ``vf_coef`` times the clipped value loss, one
-   optimizer over the policy's trainable parameters and the value model.
+   optimizer over the policy's trainable parameters and the value model. With ``ptx_coef`` > 0 (PPO-ptx, Ouyang
+   et al. 2022, Eq. 2) each minibatch also adds ``ptx_coef`` times the mean NLL per token of a micro-batch of
+   demonstrations; with ``freezing_actor_steps`` the first updates train only the value model.
 6. **KL coefficient**: fixed, or adapted towards ``target_kl`` (Ziegler et al. 2019, Sec. 2.2).
 
 **REINFORCE++** (``advantage_estimator="reinforce_pp"``; Hu et al. 2025, https://huggingface.co/papers/2501.03262,
