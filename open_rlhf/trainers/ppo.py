@@ -768,9 +768,12 @@ class PPOTrainer:
         self.is_fsdp = self.accelerator.distributed_type == DistributedType.FSDP
         self.is_zero3 = (self.accelerator.distributed_type == DistributedType.DEEPSPEED
                          and state.deepspeed_plugin.zero_stage == 3)
-        if args.freezing_actor_steps and self.accelerator.distributed_type == DistributedType.DEEPSPEED:
-            raise ConfigError("--freezing_actor_steps drops the policy's gradients before the optimizer step, which "
-                              "DeepSpeed's engine keeps in its own buffers. Fix: drop it, or use DDP or FSDP.")
+        if self.accelerator.distributed_type == DistributedType.DEEPSPEED and (args.freezing_actor_steps
+                                                                                 or args.ptx_coef > 0):
+            raise ConfigError("--freezing_actor_steps (which drops the policy's gradients before the optimizer step) "
+                              "and --ptx_coef (an extra backward per minibatch) need the gradients in torch's hands; "
+                              "DeepSpeed's engine keeps them in its own buffers and counts every backward as an "
+                              "accumulation step. Fix: drop them, or use DDP or FSDP.")
         if ref_model is not None and self.is_fsdp:
             self.ref_model = prepare_fsdp(ref_model, self.accelerator)
         elif ref_model is not None and self.is_zero3:
