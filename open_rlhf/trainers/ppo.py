@@ -852,8 +852,9 @@ class PPOTrainer:
         return [p if isinstance(p, str) else
                 self.tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
 
-    def _encode_prompts(self, prompts: list) -> dict[str, torch.Tensor]:
-        texts = self._prompt_texts(prompts)
+    def _encode_prompts(self, prompts: list, texts: list[str] | None = None) -> dict[str, torch.Tensor]:
+        """Left-padded, left-truncated ids of the prompts; ``texts`` their `_prompt_texts` when already rendered."""
+        texts = self._prompt_texts(prompts) if texts is None else texts
         side = self.tokenizer.truncation_side
         self.tokenizer.truncation_side = "left"
         try:
@@ -897,7 +898,7 @@ class PPOTrainer:
                                   f"(prompt {prompt!r}); the ptx term needs a template whose assistant turn extends the "
                                   "prompt. Fix: use plain-text prompt/completion columns.")
             completions.append(full[len(text):])
-        enc = self._encode_prompts(rows["prompt"])
+        enc = self._encode_prompts(rows["prompt"], prompt_texts)
         comp = self.tokenizer(completions, return_tensors="pt", padding=True, padding_side="right", truncation=True,
                               max_length=args.response_length, add_special_tokens=False)
         comp = {k: v.to(self.accelerator.device) for k, v in comp.items()}
