@@ -56,7 +56,7 @@ class Method:
 METHODS: dict[str, Method] = {
     "ppo": Method("train_ppo.py", "config/ppo/default.yaml", "prompt", REWARD_MODEL, True,
                   "Ouyang et al. 2022 (InstructGPT); Schulman et al. 2017"),
-    "rlvr": Method("train_ppo.py", "config/ppo/default.yaml", "prompt", VERIFIABLE_REWARD, True,
+    "rlvr": Method("train_ppo.py", "config/ppo/rlvr.yaml", "prompt", VERIFIABLE_REWARD, True,
                    "Lambert et al. 2024 (Tulu 3, RLVR): PPO with a verifiable reward"),
     "reinforce_pp": Method("train_ppo.py", "config/ppo/reinforce_pp.yaml", "prompt", VERIFIABLE_REWARD, True,
                            "Hu et al. 2025 (REINFORCE++)"),
