@@ -16,6 +16,10 @@ Metrics, on the held-out prompts of the pipeline's evaluation (same ``split_seed
 * ``win_rate_vs_sft``: share of prompts where the reward model scores the method's response above the SFT
   policy's response (ties count 1/2).
 * ``kl_vs_sft``: Monte-Carlo KL(policy || SFT) in nats per sequence, from responses sampled at temperature 1.
+* with ``control_args``, the Preferred-FT control (Rafailov et al. 2023, §6.1): SFT continued from the SFT policy on
+  its demonstrations, a row of the family ``control``; every method gets ``delta_vs_control`` with its paired-bootstrap
+  interval (``control_ci_low`` / ``_high``) and ``p_vs_control`` (McNemar). A preference method whose gain over the
+  SFT policy is not above the control's shows more SFT, not preference learning.
 * ``train_seconds`` (the stage's wall time, model loading included) and ``peak_rss_mb`` (the stage process's
   peak resident memory; ``peak_gpu_mb`` with CUDA).
 """
@@ -40,14 +44,17 @@ from open_rlhf.curves import plot_run_curves  # noqa: E402
 from open_rlhf.errors import ConfigError, StageFailedError, parse_config, user_errors  # noqa: E402
 from open_rlhf.metrics import accuracy_interval, mcnemar_test, paired_bootstrap  # noqa: E402
 from open_rlhf.metrics import win_rate as win_rate_with_interval  # noqa: E402
-from open_rlhf.pipeline import METHODS, PipelineArguments, train_stages  # noqa: E402
+from open_rlhf.pipeline import METHODS, Method, PipelineArguments, train_stages  # noqa: E402
 from open_rlhf.rewards import RewardModelScorer  # noqa: E402
 
 CSV_COLUMNS = ["method", "family", "accuracy", "accuracy_ci_low", "accuracy_ci_high", "accuracy_delta_vs_sft",
                "delta_ci_low", "delta_ci_high", "p_vs_sft", "fixed_vs_sft", "broke_vs_sft",
                "win_rate_vs_sft", "reward_score",
                "kl_vs_sft", "response_length", "eos_rate", "train_seconds", "peak_rss_mb", "peak_gpu_mb",
-               "global_step", "command"]
+               "global_step", "delta_vs_control", "control_ci_low", "control_ci_high", "p_vs_control", "command"]
+CONTROL = "control"  # the Preferred-FT control's name: SFT continued from the SFT policy (family "control")
+CONTROL_METHOD = Method("train_sft.py", "config/sft/default.yaml", "sft", None, False,
+                        "Rafailov et al. 2023 (Preferred-FT baseline)")
 
 
 @dataclass
@@ -105,6 +112,10 @@ class CompareArguments(FromSFTArguments):
         default_factory=lambda: list(METHODS), metadata={"help": f"Methods to compare (of: {', '.join(METHODS)})."})
     offline_args: str = field(default="", metadata={"help": "Extra flags for the preference methods' stages only."})
     online_args: str = field(default="", metadata={"help": "Extra flags for the RL methods' stages only."})
+    control_args: str = field(default="", metadata={
+        "help": "Flags of the Preferred-FT control, SFT continued from the SFT policy on its demonstrations (e.g. "
+                "'--max_steps 60 --learning_rate 2e-5'): a row of its own and a paired test of every method against "
+                "it. Empty: no control."})
 
     def __post_init__(self):
         unknown = [m for m in self.methods if m not in METHODS]
@@ -218,6 +229,14 @@ def compare_methods(args: CompareArguments) -> list[dict]:
 
     rows = [start.row("sft", start.sft)]
     failed = []
+    control = None
+    if args.control_args:
+        try:
+            control = train_control(args, start)
+            rows.append(control["row"])
+        except StageFailedError as error:
+            print(f"=== compare {CONTROL}: FAILED, skipped ({error})", flush=True)
+            failed.append(CONTROL)
     for method in args.methods:
         try:
             state = train_stages(args.method_pipeline_args(method))
@@ -228,12 +247,48 @@ def compare_methods(args: CompareArguments) -> list[dict]:
         metrics = cached_json(out / f"{method}.json", lambda m=method: start.evaluate(run / m), f"compare {method}")
         marker = json.loads((run / method / outputs.COMPLETE_MARKER).read_text())
         rows.append(start.row(method, metrics, state["stages"].get(method, {}), marker))
+        if control is not None:
+            rows[-1].update(versus_control(metrics, control["metrics"]))
         write_outputs(rows, run)  # after every method: a partial comparison is already readable
     if failed:
         raise StageFailedError(f"Methods {failed} failed (logs: {run}/<method>.log); the others are in "
                                f"{run / 'method_comparison.csv'}. Fix the cause and re-run: finished work is reused.",
                                returncode=1)
     return rows
+
+
+def train_control(args: CompareArguments, start: FromSFT) -> dict:
+    """Train (or reuse) the Preferred-FT control in ``<run_dir>/control/sft``: the SFT stage with
+    ``args.control_args``, started from the shared SFT policy, and evaluate it like a method.
+
+    Returns:
+        `dict`: ``metrics`` (the evaluation, cached in ``compare/control.json``) and ``row`` (its `CSV_COLUMNS` row,
+        family ``"control"``).
+
+    Raises:
+        StageFailedError: when the SFT stage fails.
+    """
+    run = args.run_dir
+    pipeline_args = args.pipeline_args(
+        "ppo", run_name=CONTROL, runs_dir=str(run), model_name_or_path=str(start.sft_path), sft_model_path=None,
+        reward_model_path=str(start.reward_path), sft_args=" ".join(
+            [args.sft_args, args.control_args, f"--curve_every {args.curve_every}" if args.curve_every else ""]))
+    state = train_stages(pipeline_args, only={"sft"})
+    stage_dir = run / CONTROL / "sft"
+    metrics = cached_json(run / "compare" / f"{CONTROL}.json", lambda: start.evaluate(stage_dir), f"compare {CONTROL}")
+    marker = json.loads((stage_dir / outputs.COMPLETE_MARKER).read_text())
+    row = {**comparison_row(CONTROL, CONTROL_METHOD, metrics, start.sft, state["stages"].get("sft", {}), marker),
+           "family": "control"}
+    return {"metrics": metrics, "row": row}
+
+
+def versus_control(metrics: dict, control: dict) -> dict:
+    """A method's paired test against the control on the same prompts: ``delta_vs_control`` (accuracy
+    difference), its 95% paired-bootstrap interval and the exact McNemar ``p_vs_control``."""
+    delta = paired_bootstrap(metrics["correct"], control["correct"])
+    return {"delta_vs_control": metrics["accuracy"] - control["accuracy"], "control_ci_low": delta["low"],
+            "control_ci_high": delta["high"], "p_vs_control": mcnemar_test(metrics["correct"],
+                                                                           control["correct"])["p_value"]}
 
 
 def comparison_row(name: str, method, metrics: dict, sft: dict, stage: dict, marker: dict) -> dict:
@@ -271,9 +326,13 @@ def _fmt(value, spec: str) -> str:
 
 
 def markdown_table(rows: list[dict]) -> str:
-    """The comparison as a Markdown table (the README's method table is this output)."""
-    lines = ["| method | accuracy [95% CI] | vs SFT [95% CI] | McNemar p | fixed / broke | RM win rate vs SFT | "
-             "KL to SFT (nats) | train time (s) | peak RSS (MB) |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    """The comparison as a Markdown table (the README's method table is this output); with a control row, a column
+    of each method's paired difference to it [95% CI] and its McNemar p."""
+    with_control = any(r.get("delta_vs_control") is not None for r in rows)
+    header = ("| method | accuracy [95% CI] | vs SFT [95% CI] | McNemar p | fixed / broke | "
+              + ("vs control [95% CI], p | " if with_control else "")
+              + "RM win rate vs SFT | KL to SFT (nats) | train time (s) | peak RSS (MB) |")
+    lines = [header, "|---|---:|---:|---:|---:|" + ("---:|" if with_control else "") + "---:|---:|---:|---:|"]
     for r in rows:
         accuracy = _fmt(r["accuracy"], ".3f")
         if r.get("accuracy_ci_low") is not None:
@@ -281,8 +340,13 @@ def markdown_table(rows: list[dict]) -> str:
         delta = _fmt(r["accuracy_delta_vs_sft"], "+.3f")
         if r.get("delta_ci_low") is not None:
             delta += f" [{r['delta_ci_low']:+.3f}, {r['delta_ci_high']:+.3f}]"
+        versus = ""
+        if with_control:
+            versus = ("| " if r.get("delta_vs_control") is None else
+                      f"| {r['delta_vs_control']:+.3f} [{r['control_ci_low']:+.3f}, {r['control_ci_high']:+.3f}], "
+                      f"{r['p_vs_control']:.3g} ")
         lines.append(f"| {r['method']} | {accuracy} | {delta} | {_fmt(r.get('p_vs_sft'), '.3g')} | "
-                     f"{_fmt(r['fixed_vs_sft'], 'd')} / {_fmt(r['broke_vs_sft'], 'd')} | "
+                     f"{_fmt(r['fixed_vs_sft'], 'd')} / {_fmt(r['broke_vs_sft'], 'd')} {versus}| "
                      f"{_fmt(r['win_rate_vs_sft'], '.3f')} | {_fmt(r['kl_vs_sft'], '.3f')} | "
                      f"{_fmt(r['train_seconds'], '.0f')} | {_fmt(r['peak_rss_mb'], '.0f')} |")
     return "\n".join(lines) + "\n"
@@ -295,7 +359,7 @@ def plot_comparison(rows: list[dict], out: Path) -> Path:
               ("peak_rss_mb", "peak RSS (MB)")]
     methods = [r for r in rows if r["family"] != "start"]
     names = [r["method"] for r in methods]
-    colors = ["tab:blue" if r["family"] == "offline" else "tab:orange" for r in methods]
+    colors = [{"offline": "tab:blue", "control": "tab:gray"}.get(r["family"], "tab:orange") for r in methods]
     fig, axes = plt.subplots(1, len(panels), figsize=(3.3 * len(panels), 3.4))
     for ax, (key, title) in zip(axes, panels, strict=True):
         values = [r[key] if r[key] is not None else 0.0 for r in methods]
@@ -311,7 +375,8 @@ def plot_comparison(rows: list[dict], out: Path) -> Path:
         ax.set_title(title, fontsize=9)
         ax.tick_params(axis="x", labelrotation=60, labelsize=7)
         ax.tick_params(axis="y", labelsize=7)
-    fig.suptitle("Methods from one SFT policy (blue: offline preference, orange: online RL)", fontsize=10)
+    fig.suptitle("Methods from one SFT policy (blue: offline preference, orange: online RL, gray: continued SFT)",
+                 fontsize=10)
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)

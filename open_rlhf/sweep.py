@@ -49,16 +49,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from open_rlhf.atomic import atomic_write_text
-from open_rlhf.compare import FromSFT, FromSFTArguments, cached_json, comparison_row
+from open_rlhf.compare import CONTROL_METHOD, FromSFT, FromSFTArguments, cached_json, comparison_row
 from open_rlhf.curves import plot_run_curves
 from open_rlhf.errors import ConfigError, StageFailedError, parse_config, user_errors
-from open_rlhf.pipeline import Method
 
 REWARD = "reward"  # the point family of reward models (scored by held-out pair accuracy, not by a policy's)
 SFT = "sft"  # the control family: SFT continued from the SFT policy (Preferred-FT), scored like a method
 EVALUATION_FILE = "evaluation.json"  # a point's per-prompt evaluation (`paired_comparison`)
-_CONTROL = Method("train_sft.py", "config/sft/default.yaml", "sft", None, False,
-                  "Rafailov et al. 2023 (Preferred-FT baseline)")
 # settings added after the first sweeps, with the value those sweeps had
 _META_DEFAULTS = {"preference_dataset": "builtin", "eval_pairs": 256, "eval_dataset": None}
 _GRID_ITEM = re.compile(r"^(?P<method>[A-Za-z0-9_]+)\.(?P<param>[A-Za-z_][A-Za-z0-9_]*)=(?P<values>.+)$")
@@ -331,7 +328,7 @@ def sampled_point(folder: Path, k: int, temperature: float, seed: int = 0) -> di
 def control_row(start: FromSFT, metrics: dict, stage: dict, marker: dict) -> dict:
     """The comparison row (`open_rlhf.compare.comparison_row`) of a continued-SFT point against the SFT policy it
     started from, with the family ``"control"``: the same paired test and intervals as a method's row."""
-    return {**comparison_row(SFT, _CONTROL, metrics, start.sft, stage, marker), "family": "control"}
+    return {**comparison_row(SFT, CONTROL_METHOD, metrics, start.sft, stage, marker), "family": "control"}
 
 
 def reward_point_row(stage_dir: Path, preference_dataset: str, eval_pairs: int, split_seed: int, stage: dict,
