@@ -1,4 +1,4 @@
-"""Worker of tests/test_multiprocess.py: SFT, DPO, PPO and REINFORCE++ on tiny models, run by 1 or N processes.
+"""Worker of tests/test_multiprocess.py: SFT, DPO, PPO, REINFORCE++ and PPO-ptx on tiny models, run by 1 or N processes.
 
     python tests/multiprocess_worker.py OUT TINY_MODEL_DIR GLOBAL_BATCH              # one process
     accelerate launch --config_file config/accelerate/multi_cpu.yaml tests/multiprocess_worker.py OUT TINY GLOBAL_BATCH
@@ -70,15 +70,26 @@ def run_trl_stage(stage: str, out: Path, tiny: str, per_device: int) -> None:
                       "learning_rate": [h["learning_rate"] for h in history if "learning_rate" in h]})
 
 
-def run_ppo(out: Path, tiny: str, global_batch: int, estimator: str, fsdp: bool = False) -> None:
+def ptx_demonstrations(n: int = 16):
+    """Demonstrations for PPO-ptx whose completions differ in length (1 to 4 words), so the processes' shares hold
+    different token counts and a per-process mean would differ from the global one."""
+    from datasets import Dataset
+
+    return Dataset.from_dict({
+        "prompt": [[{"role": "user", "content": f"Write something, number {i}."}] for i in range(n)],
+        "completion": [[{"role": "assistant", "content": " ".join(["cat"] * (1 + i % 4))}] for i in range(n)]})
+
+
+def run_ppo(out: Path, tiny: str, global_batch: int, estimator: str, fsdp: bool = False, ptx: bool = False) -> None:
     """PPO (GAE) or REINFORCE++ with adaptive KL and reward whitening (both reduce over the global batch), two
-    micro-batches per optimizer step (gradient accumulation: the all-reduce happens on the second only)."""
+    micro-batches per optimizer step (gradient accumulation: the all-reduce happens on the second only). With
+    ``ptx``, PPO-ptx (``ptx_coef`` 1): a micro-batch of demonstrations per minibatch, its backward under no_sync."""
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
     from tests.test_ppo_trainer import prompts, restrict_to_words, target_reward
 
     state = PartialState()
-    name = "ppo" if estimator == "gae" else "reinforce_pp"
+    name = ("ppo" if estimator == "gae" else "reinforce_pp") + ("_ptx" if ptx else "")
     tokenizer = AutoTokenizer.from_pretrained(tiny, padding_side="left")
     torch.manual_seed(0)
     policy = AutoModelForCausalLM.from_pretrained(tiny)
@@ -95,10 +106,12 @@ def run_ppo(out: Path, tiny: str, global_batch: int, estimator: str, fsdp: bool 
                      gradient_accumulation_steps=2, num_mini_batches=1, num_ppo_epochs=2, max_steps=STEPS,
                      response_length=6, learning_rate=3e-3, lr_scheduler_type="linear", adaptive_kl=True,
                      kl_coef=0.05, target_kl=0.01, kl_horizon=100, whiten_rewards=True, advantage_estimator=estimator,
-                     save_strategy="no", report_to="none", num_sample_generations=0, seed=0, bf16=False)
+                     save_strategy="no", report_to="none", num_sample_generations=0, seed=0, bf16=False,
+                     ptx_coef=1.0 if ptx else 0.0)
     if fsdp:
         force_fsdp_on_cpu()
-    trainer = PPOTrainer(args, tokenizer, policy, ref, target_reward, value, prompts(32))
+    trainer = PPOTrainer(args, tokenizer, policy, ref, target_reward, value, prompts(32),
+                         ptx_dataset=ptx_demonstrations() if ptx else None)
     sharded = [type(p).__name__ == "DTensor" for p in trainer.wrapper.parameters()]
 
     # Instrumentation, not behaviour: which backward passes trigger DDP's gradient all-reduce (a comm hook sees
@@ -121,7 +134,7 @@ def run_ppo(out: Path, tiny: str, global_batch: int, estimator: str, fsdp: bool 
         trainer.accelerator.backward = counting_backward
     history = trainer.train()
     trainer.save_model(str(out / name))
-    keys = ("objective/scores", "objective/kl", "loss/policy", "loss/value", "response/length", "kl_coef",
+    keys = ("objective/scores", "objective/kl", "loss/policy", "loss/value", "loss/ptx", "response/length", "kl_coef",
             "learning_rate")
     dump(out, name, {**{k: [h[k] for h in history if k in h] for k in keys},
                      "final_kl_coef": trainer.kl_ctl.value, "final_learning_rate": trainer.lr_scheduler.get_last_lr()[0],
@@ -162,6 +175,7 @@ def main(out: str, tiny: str, global_batch: str, mode: str = "all") -> None:
     run_trl_stage("dpo", out, tiny, per_device)
     run_ppo(out, tiny, global_batch, "gae")
     run_ppo(out, tiny, global_batch, "reinforce_pp")
+    run_ppo(out, tiny, global_batch, "gae", ptx=True)
     too_small_dataset(out, tiny)
 
 

@@ -1,5 +1,5 @@
 """Data parallel on the CPU: 2 processes (``accelerate launch``, DDP over gloo) with per-process batch b train as
-1 process with batch 2b, for SFT, DPO, PPO and REINFORCE++ (``tests/multiprocess_worker.py`` runs them).
+1 process with batch 2b, for SFT, DPO, PPO, REINFORCE++ and PPO-ptx (``tests/multiprocess_worker.py`` runs them).
 
 Tolerances: the two runs see the same examples in the same optimizer steps; only the floating-point summation
 order differs (per-process partial sums, gloo's all-reduce), so losses agree to 1e-5 relative and weights to
@@ -102,6 +102,25 @@ def test_gradients_are_all_reduced_once_per_optimizer_step(runs, stage):
         r = record(runs[2], stage, rank)
         assert r["backward_calls"] == 12  # 3 updates x 2 PPO epochs x 2 micro-batches
         assert r["all_reduce_in_backward"] == [2, 4, 6, 8, 10, 12]
+
+
+def test_ppo_ptx_on_two_processes_trains_as_one(runs):
+    """PPO-ptx (a value model, ptx_coef 1): the demonstrations' backward runs under no_sync before the RL
+    micro-batches, each process on its half of the same rows; its NLL is normalised by the global token count, so
+    with completions of different lengths the losses and final weights (policy and value model) still equal one
+    process's, and the all-reduce still happens once per optimizer step (in the last RL micro-batch)."""
+    one = record(runs[1], "ppo_ptx")
+    assert len(one["loss/ptx"]) == 3 and one["loss/ptx"][-1] < one["loss/ptx"][0]
+    for rank in (0, 1):
+        two = record(runs[2], "ppo_ptx", rank)
+        for key in ("loss/policy", "loss/value", "loss/ptx", "objective/scores"):
+            torch.testing.assert_close(torch.tensor(two[key]), torch.tensor(one[key]), rtol=1e-5, atol=1e-6, msg=key)
+        assert two["backward_calls"] == 18  # 3 updates x 2 PPO epochs x (1 ptx + 2 RL micro-batches)
+        assert two["all_reduce_in_backward"] == [3, 6, 9, 12, 15, 18]
+    for name in ("model.safetensors", "value_model/model.safetensors"):
+        a, b = load_file(runs[1] / "ppo_ptx" / name), load_file(runs[2] / "ppo_ptx" / name)
+        for key in a:
+            torch.testing.assert_close(b[key], a[key], rtol=0, atol=1e-5, msg=f"{name}: {key}")
 
 
 def test_a_dataset_smaller_than_the_global_rollout_batch_says_what_to_change(runs):

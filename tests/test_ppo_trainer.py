@@ -518,7 +518,7 @@ def test_ptx_term_raises_the_demonstrations_likelihood(tmp_path, tokenizer):
     assert qr.shape[0] == args.per_device_train_batch_size and am[:, p_len:].equal(c_mask.long())
     history = trainer.train()
     ptx = [h["loss/ptx"] for h in history]
-    assert ptx[-1] < ptx[0] - 0.5 and all(b < a for a, b in zip(ptx, ptx[1:])), ptx
+    assert ptx[-1] < ptx[0] - 0.5 and all(b < a for a, b in zip(ptx, ptx[1:], strict=False)), ptx
     plain = PPOTrainer(make_args(tmp_path / "plain", advantage_estimator="reinforce_pp"), tokenizer, policy, ref,
                        target_reward, None, prompts(), ptx_dataset=demonstrations())
     assert plain.ptx_dataset is None

@@ -1045,12 +1045,15 @@ class PPOTrainer:
                 if self.ptx_dataset is not None:  # PPO-ptx: ptx_coef * the demonstrations' mean NLL per token
                     qr, am, p_len, c_mask = self._ptx_batch(draw)
                     draw += 1
+                    # the mean over every process's demonstration tokens: DDP averages the gradients over the
+                    # processes, so each divides its NLL sum by the global token count / world (as the RL loss)
+                    ptx_tokens = c_mask.sum()
+                    ptx_normaliser = (self._reduce_sum(ptx_tokens) / world).clamp(min=1.0)
                     with self.accelerator.no_sync(self.wrapper):  # the last RL micro-batch all-reduces
                         ptx_logprobs = self.wrapper(qr, am, p_len, 1.0)[0]
-                        ptx_tokens = c_mask.sum().clamp(min=1)
-                        ptx_loss = -(ptx_logprobs * c_mask).sum() / ptx_tokens
-                        self.accelerator.backward(args.ptx_coef * ptx_loss)
-                    sums["loss/ptx"][0].append(ptx_loss.detach() * ptx_tokens)
+                        ptx_nll = -(ptx_logprobs * c_mask).sum()
+                        self.accelerator.backward(args.ptx_coef * ptx_nll / ptx_normaliser)
+                    sums["loss/ptx"][0].append(ptx_nll.detach())
                     sums["loss/ptx"][1].append(ptx_tokens)
                 starts = list(range(0, len(mb), micro))
                 for mc_start in starts:
