@@ -49,10 +49,10 @@ from open_rlhf.errors import ConfigError
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # method -> (the data kind its rounds read, the stage that trains on a round's data, its default preset)
 ROUND_METHODS = {
-    "spin": ("sft", "dpo", "config/dpo/default.yaml"),
-    "iterative_dpo": ("prompt", "dpo", "config/dpo/default.yaml"),
+    "spin": ("sft", "dpo", "config/dpo/plain.yaml"),
+    "iterative_dpo": ("prompt", "dpo", "config/dpo/plain.yaml"),
     "rft": ("prompt", "sft", "config/sft/default.yaml"),
-    "step_dpo": ("preference", "dpo", "config/dpo/default.yaml"),
+    "step_dpo": ("preference", "dpo", "config/dpo/plain.yaml"),
 }
 STATE_FILE = "iterative_state.json"
 
@@ -85,7 +85,7 @@ class IterativeArguments(CurveArguments):
     max_new_tokens: int = field(default=96, metadata={"help": "Length of the sampled answers."})
     batch_size: int = field(default=16, metadata={"help": "Prompts per generation batch."})
     stage_config: str | None = field(default=None, metadata={
-        "help": "Preset of the stage a round trains (default: config/dpo/default.yaml, config/sft/default.yaml "
+        "help": "Preset of the stage a round trains (default: config/dpo/plain.yaml, config/sft/default.yaml "
                 "for rft)."})
     stage_args: str = field(default="", metadata={"help": "Extra flags of every round's stage (e.g. --max_steps 10)."})
     eval_size: int = field(default=64, metadata={"help": "Held-out examples: never trained on; the gate's prompts."})

@@ -25,7 +25,7 @@ from open_rlhf import outputs
 from open_rlhf.progress import read_metrics
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-JOB_KINDS = {"dpo": ("scripts/train_dpo.py", "config/dpo/default.yaml"),
+JOB_KINDS = {"dpo": ("scripts/train_dpo.py", "config/dpo/plain.yaml"),
              "reward": ("scripts/train_reward.py", "config/reward/default.yaml")}
 LOG_NAME = "job.log"
 
