@@ -9,6 +9,7 @@ the base model, the SFT policy and the final policy on the same held-out prompts
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shlex
@@ -399,9 +400,15 @@ def train_stages(args: PipelineArguments, only: set[str] | None = None) -> dict:
         out_dir = run / name
         if outputs.is_complete(out_dir):
             print(f"=== stage {name}: already finished in {out_dir}, skipped", flush=True)
+            stale = stale_stage_reason(state["stages"].get(name, {}), command)
+            if stale:
+                print(f"=== WARNING stage {name}: {stale} since it ran; the finished stage is reused as it is. "
+                      f"Fix: to retrain with the current settings, move {out_dir} away or pass a new --run_name.",
+                      flush=True)
         else:
+            started_with = stage_fingerprint(command)
             seconds = _run_stage(name, command, out_dir)
-            state["stages"][name] = {"command": shlex.join(command), "wall_seconds": seconds}
+            state["stages"][name] = {"command": shlex.join(command), "wall_seconds": seconds, **started_with}
             atomic_write_text(state_path, json.dumps(state, indent=1))
         if args.gate and name in args.policy_stages and name not in state["gate"]:
             start = time.perf_counter()
@@ -415,6 +422,29 @@ def train_stages(args: PipelineArguments, only: set[str] | None = None) -> dict:
     state["final_policy"] = final_policy(args, state)
     atomic_write_text(state_path, json.dumps(state, indent=1))
     return state
+
+
+def stage_fingerprint(command: list[str]) -> dict:
+    """What a finished stage was trained with, beyond its command line: the SHA-256 of its ``--config`` file's
+    content (``config_sha256``; a preset edited in place keeps its path)."""
+    if "--config" not in command:
+        return {}
+    config = Path(command[command.index("--config") + 1])
+    path = config if config.is_absolute() else REPO_ROOT / config
+    return {"config_sha256": hashlib.sha256(path.read_bytes()).hexdigest()} if path.is_file() else {}
+
+
+def stale_stage_reason(entry: dict, command: list[str]) -> str | None:
+    """Why a finished stage (its ``pipeline_state.json`` entry) no longer matches the stage ``command`` would run
+    now: its flags or its config file's content changed; None when they match or the entry predates the record."""
+    reasons = []
+    # [0] and [1], the interpreter and the script, are absolute paths that move with the checkout
+    if entry.get("command") and shlex.split(entry["command"])[2:] != command[2:]:
+        reasons.append("its command line changed")
+    recorded, now = entry.get("config_sha256"), stage_fingerprint(command).get("config_sha256")
+    if recorded and now and recorded != now:
+        reasons.append(f"its preset {command[command.index('--config') + 1]} changed")
+    return " and ".join(reasons) or None
 
 
 def _gate_stage(args: PipelineArguments, state: dict, name: str, command: list[str]) -> dict:

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import shlex
 
 import pytest
 
-from open_rlhf.pipeline import PipelineArguments, run_pipeline, stage_plan
+from open_rlhf.pipeline import (
+    PipelineArguments,
+    run_pipeline,
+    stage_fingerprint,
+    stage_plan,
+    stale_stage_reason,
+)
 
 TINY_STAGE = "--per_device_train_batch_size 2 --max_train_samples 16 --save_steps 1 --logging_steps 1"
 PPO_ARGS = f"--max_steps 1 {TINY_STAGE} --gradient_accumulation_steps 1 --response_length 8"
@@ -54,8 +62,30 @@ def test_pipeline_runs_reports_and_skips_finished_stages(tmp_path, tiny_model_di
     capsys.readouterr()
     run_pipeline(args)  # everything finished: nothing is retrained or overwritten
     out = capsys.readouterr().out
-    assert out.count("already finished") == 3 and "evaluation: already done" in out
+    assert out.count("already finished") == 3 and "evaluation: already done" in out and "WARNING" not in out
     assert {p: p.stat().st_mtime_ns for p in run.glob("*/model.safetensors")} == mtimes
+
+    # other flags for the finished PPO stage: reused (nothing lost), but the run says so and how to retrain
+    run_pipeline(dataclasses.replace(args, method_args=args.method_args + " --learning_rate 1e-4"))
+    out = capsys.readouterr().out
+    assert "WARNING stage ppo: its command line changed since it ran" in out and f"move {run / 'ppo'} away" in out
+    assert "WARNING stage sft" not in out
+    assert {p: p.stat().st_mtime_ns for p in run.glob("*/model.safetensors")} == mtimes
+
+
+def test_a_finished_stage_whose_preset_changed_is_named(tmp_path):
+    """The state records the preset's SHA-256; an edited preset (same path, same flags) or other flags are named."""
+    config = tmp_path / "dpo.yaml"
+    config.write_text("learning_rate: 1.0e-6\n")
+    command = ["/venv/python", "/repo/scripts/train_dpo.py", "--config", str(config), "--max_steps", "20"]
+    entry = {"command": shlex.join(command), **stage_fingerprint(command)}
+    assert len(entry["config_sha256"]) == 64
+    assert stale_stage_reason(entry, ["/other/python", "/clone/scripts/train_dpo.py", *command[2:]]) is None
+    config.write_text("learning_rate: 2.0e-5\n")
+    assert stale_stage_reason(entry, command) == f"its preset {config} changed"
+    assert stale_stage_reason(entry, command[:-1] + ["60"]) == (
+        f"its command line changed and its preset {config} changed")
+    assert stale_stage_reason({}, command) is None  # a state written before the record: nothing to compare
 
 
 @pytest.mark.slow  # test_gate.py runs SFT -> DPO -> report end to end in the default run
