@@ -103,6 +103,12 @@ class FromSFTArguments:
             evaluate=False, eval_prompts=self.eval_prompts, split_seed=self.split_seed, gate=False)
         return PipelineArguments(**{**settings, **overrides})
 
+    def control_pipeline_args(self, start: FromSFT, run_name: str, runs_dir: str, sft_args: str) -> PipelineArguments:
+        """The Preferred-FT control as a pipeline run: its SFT stage (``sft_args``) starts from ``start``'s SFT policy
+        (train it with ``only={"sft"}``); the reward model is ``start``'s."""
+        return self.pipeline_args("ppo", run_name=run_name, runs_dir=runs_dir, model_name_or_path=str(start.sft_path),
+                                  sft_model_path=None, reward_model_path=str(start.reward_path), sft_args=sft_args)
+
 
 @dataclass
 class CompareArguments(FromSFTArguments):
@@ -269,17 +275,19 @@ def train_control(args: CompareArguments, start: FromSFT) -> dict:
         StageFailedError: when the SFT stage fails.
     """
     run = args.run_dir
-    pipeline_args = args.pipeline_args(
-        "ppo", run_name=CONTROL, runs_dir=str(run), model_name_or_path=str(start.sft_path), sft_model_path=None,
-        reward_model_path=str(start.reward_path), sft_args=" ".join(
-            [args.sft_args, args.control_args, f"--curve_every {args.curve_every}" if args.curve_every else ""]))
+    pipeline_args = args.control_pipeline_args(start, CONTROL, str(run), " ".join(
+        [args.sft_args, args.control_args, f"--curve_every {args.curve_every}" if args.curve_every else ""]))
     state = train_stages(pipeline_args, only={"sft"})
     stage_dir = run / CONTROL / "sft"
     metrics = cached_json(run / "compare" / f"{CONTROL}.json", lambda: start.evaluate(stage_dir), f"compare {CONTROL}")
     marker = json.loads((stage_dir / outputs.COMPLETE_MARKER).read_text())
-    row = {**comparison_row(CONTROL, CONTROL_METHOD, metrics, start.sft, state["stages"].get("sft", {}), marker),
-           "family": "control"}
-    return {"metrics": metrics, "row": row}
+    return {"metrics": metrics, "row": control_row(CONTROL, metrics, start.sft, state["stages"].get("sft", {}), marker)}
+
+
+def control_row(name: str, metrics: dict, sft: dict, stage: dict, marker: dict) -> dict:
+    """The `comparison_row` of a continued-SFT control against the SFT policy it started from, with the family
+    ``"control"``: the same paired test and intervals as a method's row."""
+    return {**comparison_row(name, CONTROL_METHOD, metrics, sft, stage, marker), "family": "control"}
 
 
 def versus_control(metrics: dict, control: dict) -> dict:

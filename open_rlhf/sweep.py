@@ -49,7 +49,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from open_rlhf.atomic import atomic_write_text
-from open_rlhf.compare import CONTROL_METHOD, FromSFT, FromSFTArguments, cached_json, comparison_row
+from open_rlhf.compare import FromSFT, FromSFTArguments, cached_json, control_row
 from open_rlhf.curves import plot_run_curves
 from open_rlhf.errors import ConfigError, StageFailedError, parse_config, user_errors
 
@@ -192,10 +192,8 @@ def run_sweep(args: SweepArguments) -> list[dict]:
                 "ppo", run_name=point["name"], runs_dir=str(run), sft_model_path=str(start.sft_path),
                 reward_model_path=None, reward_args=point_flags(point, args.reward_args), eval_pairs=args.eval_pairs)
         elif point["method"] == SFT:  # an SFT stage that starts from the shared SFT policy
-            pipeline_args = args.pipeline_args(
-                "ppo", run_name=point["name"], runs_dir=str(run), model_name_or_path=str(start.sft_path),
-                sft_model_path=None, reward_model_path=str(start.reward_path),
-                sft_args=point_flags(point, args.sft_args, args.curve_every))
+            pipeline_args = args.control_pipeline_args(start, point["name"], str(run),
+                                                       point_flags(point, args.sft_args, args.curve_every))
         else:
             pipeline_args = args.pipeline_args(
                 point["method"], point_flags(point, args.method_args, args.curve_every), run_name=point["name"],
@@ -217,7 +215,8 @@ def run_sweep(args: SweepArguments) -> list[dict]:
         else:  # the per-prompt evaluation is kept for paired comparisons between points (--versus)
             metrics = cached_json(folder / EVALUATION_FILE, functools.partial(start.evaluate, stage_dir), point["name"])
             if point["method"] == SFT:
-                row = {**base, "status": "done", **point["params"], **control_row(start, metrics, stage, marker)}
+                row = {**base, "status": "done", **point["params"],
+                       **control_row(SFT, metrics, start.sft, stage, marker)}
             else:
                 row = {**base, "status": "done", **point["params"],
                        **start.row(point["method"], metrics, stage, marker)}
@@ -323,12 +322,6 @@ def sampled_point(folder: Path, k: int, temperature: float, seed: int = 0) -> di
               **evaluation.pass_at_k_summary(correct, greedy["correct"]), "sampled_correct": correct}
     atomic_write_text(out, json.dumps(result, indent=1))
     return result
-
-
-def control_row(start: FromSFT, metrics: dict, stage: dict, marker: dict) -> dict:
-    """The comparison row (`open_rlhf.compare.comparison_row`) of a continued-SFT point against the SFT policy it
-    started from, with the family ``"control"``: the same paired test and intervals as a method's row."""
-    return {**comparison_row(SFT, CONTROL_METHOD, metrics, start.sft, stage, marker), "family": "control"}
 
 
 def reward_point_row(stage_dir: Path, preference_dataset: str, eval_pairs: int, split_seed: int, stage: dict,
