@@ -86,6 +86,10 @@ class FromSFTArguments:
     eval_max_new_tokens: int = field(default=96, metadata={"help": "Generation length of the evaluation."})
     eval_batch_size: int = field(default=16, metadata={"help": "Prompts per generation batch."})
     split_seed: int = field(default=42, metadata={"help": "Seed of every train/eval split."})
+    keep_checkpoints: bool = field(default=False, metadata={
+        "help": "Keep each finished stage's checkpoint-N folders (optimizer states, about 3x the model's size each; "
+                "only a stopped stage needs them, to resume). By default they are deleted once the stage is "
+                "evaluated; its final model stays."})
 
     @property
     def run_dir(self) -> Path:
@@ -221,7 +225,8 @@ def compare_methods(args: CompareArguments) -> list[dict]:
     """Train (or reuse) every method of ``args.methods`` from one SFT policy, evaluate each, write the outputs.
 
     Writes ``<run_dir>/method_comparison.csv``, ``.md`` and ``.png``, and per method ``<run_dir>/compare/<m>.json``;
-    with ``curve_every``, every method's learning curve in one ``<run_dir>/learning_curves.png``.
+    with ``curve_every``, every method's learning curve in one ``<run_dir>/learning_curves.png``. Once a method is
+    evaluated, its ``checkpoint-N`` folders are deleted unless ``keep_checkpoints`` (its final model stays).
 
     Returns:
         `list[dict]`: one row per method (the CSV columns), SFT first.
@@ -251,6 +256,7 @@ def compare_methods(args: CompareArguments) -> list[dict]:
             failed.append(method)
             continue
         metrics = cached_json(out / f"{method}.json", lambda m=method: start.evaluate(run / m), f"compare {method}")
+        drop_checkpoints(run / method, f"compare {method}", args.keep_checkpoints)
         marker = json.loads((run / method / outputs.COMPLETE_MARKER).read_text())
         rows.append(start.row(method, metrics, state["stages"].get(method, {}), marker))
         if control is not None:
@@ -280,8 +286,19 @@ def train_control(args: CompareArguments, start: FromSFT) -> dict:
     state = train_stages(pipeline_args, only={"sft"})
     stage_dir = run / CONTROL / "sft"
     metrics = cached_json(run / "compare" / f"{CONTROL}.json", lambda: start.evaluate(stage_dir), f"compare {CONTROL}")
+    drop_checkpoints(stage_dir, f"compare {CONTROL}", args.keep_checkpoints)
     marker = json.loads((stage_dir / outputs.COMPLETE_MARKER).read_text())
     return {"metrics": metrics, "row": control_row(CONTROL, metrics, start.sft, state["stages"].get("sft", {}), marker)}
+
+
+def drop_checkpoints(stage_dir: Path, label: str, keep: bool) -> None:
+    """Delete a finished, evaluated stage's ``checkpoint-N`` folders (`outputs.remove_checkpoints`) unless ``keep``:
+    only a stopped stage needs them, and a comparison or sweep of many stages would fill the disk with them."""
+    if keep:
+        return
+    freed = outputs.remove_checkpoints(stage_dir)
+    if freed:
+        print(f"=== {label}: its checkpoints deleted ({freed / 1e9:.1f} GB; --keep_checkpoints keeps them)", flush=True)
 
 
 def control_row(name: str, metrics: dict, sft: dict, stage: dict, marker: dict) -> dict:

@@ -49,7 +49,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from open_rlhf.atomic import atomic_write_text
-from open_rlhf.compare import FromSFT, FromSFTArguments, cached_json, control_row
+from open_rlhf.compare import FromSFT, FromSFTArguments, cached_json, control_row, drop_checkpoints
 from open_rlhf.curves import plot_run_curves
 from open_rlhf.errors import ConfigError, StageFailedError, parse_config, user_errors
 
@@ -73,10 +73,6 @@ class SweepArguments(FromSFTArguments):
     seeds: list[int] = field(default_factory=lambda: [0], metadata={"help": "Seeds of every configuration."})
     eval_pairs: int = field(default=256, metadata={
         "help": "Held-out preference pairs of the reward-model points (their pair accuracy)."})
-    keep_checkpoints: bool = field(default=False, metadata={
-        "help": "Keep each finished point's checkpoint-N folders (optimizer states, about 3x the model's size each; "
-                "only a stopped point needs them, to resume). By default they are deleted once the point's "
-                "result.json is written; its final model stays."})
     versus: list[str] = field(default_factory=list, metadata={
         "help": "Two finished points (folders <runs_dir>/<sweep>/<point>, or a sweep folder for its SFT policy): "
                 "print the paired comparison of the first against the second on the same prompts and exit; "
@@ -222,11 +218,7 @@ def run_sweep(args: SweepArguments) -> list[dict]:
                        **start.row(point["method"], metrics, stage, marker)}
                 row["sft_accuracy"] = start.sft["accuracy"]
         atomic_write_text(result_file, json.dumps(row))
-        if not args.keep_checkpoints:  # a finished point needs no resume; a sweep of many would fill the disk
-            freed = outputs.remove_checkpoints(stage_dir)
-            if freed:
-                print(f"=== sweep {point['name']}: its checkpoints deleted ({freed / 1e9:.1f} GB; "
-                      "--keep_checkpoints keeps them)", flush=True)
+        drop_checkpoints(stage_dir, f"sweep {point['name']}", args.keep_checkpoints)
         rows.append(row)
         write_outputs(rows + earlier, run)
     write_outputs(rows + earlier, run)

@@ -78,6 +78,9 @@ def test_compare_methods_writes_csv_png_and_reuses_finished_work(tmp_path, tiny_
     assert (run / "learning_curves.png").stat().st_size > 5000  # both methods' curves, from --curve_every 1
     assert (run / "simpo" / "learning_curve.jsonl").is_file() and (run / "rloo" / "learning_curve.jsonl").is_file()
     assert "| simpo |" in (run / "method_comparison.md").read_text()
+    for stage_dir in (run / "simpo", run / "rloo", run / "control" / "sft"):  # --save_steps 1 wrote checkpoints
+        assert not list(stage_dir.glob("checkpoint-*")) and (stage_dir / "model.safetensors").is_file()
+    assert capsys.readouterr().out.count("its checkpoints deleted") == 3
 
     capsys.readouterr()
     again = compare_methods(args)
