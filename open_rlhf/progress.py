@@ -18,7 +18,7 @@ import sys
 import time
 from typing import BinaryIO, TextIO
 
-from transformers import ProgressCallback
+from transformers import ProgressCallback, TrainerCallback
 
 _LOSS_KEYS = ("loss", "train_loss")
 # Text, or an escape: CSI sequences (cursor movement, line erasing, colours) that tqdm and rich emit, or a lone
@@ -58,17 +58,33 @@ class StageProgressCallback(ProgressCallback):
             postfix = {k: f"{logs[k]:.4g}" for k in (*_LOSS_KEYS, "reward") if isinstance(logs.get(k), float)}
             if postfix:
                 self.training_bar.set_postfix(postfix, refresh=False)
-        if state.is_world_process_zero and logs and args.output_dir:
-            record = {"step": state.global_step, "max_steps": state.max_steps, "time": time.time(),
-                      **{k: v for k, v in logs.items() if isinstance(v, (int, float, str))}}
-            os.makedirs(args.output_dir, exist_ok=True)
-            with open(os.path.join(args.output_dir, METRICS_FILE), "a", encoding="utf-8") as f:
-                f.write(json.dumps(record) + "\n")
+        append_metrics(args, state, logs)
         super().on_log(args, state, control, logs=logs, **kwargs)
 
 
+def append_metrics(args, state, logs: dict | None) -> None:
+    """Append one log to ``<args.output_dir>/metrics.jsonl`` (`METRICS_FILE`) as ``{"step", "max_steps", "time",
+    **logs}`` (numbers and strings only), flushed; only the world's process zero writes. `StageProgressCallback`
+    calls it for the TRL stages and `MetricsFileCallback` for trainers with a bar of their own (our PPO)."""
+    if state.is_world_process_zero and logs and args.output_dir:
+        record = {"step": state.global_step, "max_steps": state.max_steps, "time": time.time(),
+                  **{k: v for k, v in logs.items() if isinstance(v, (int, float, str))}}
+        os.makedirs(args.output_dir, exist_ok=True)
+        with open(os.path.join(args.output_dir, METRICS_FILE), "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+class MetricsFileCallback(TrainerCallback):
+    """Only the ``metrics.jsonl`` half of `StageProgressCallback`, for a trainer that draws its own progress bar
+    (`open_rlhf.trainers.ppo.PPOTrainer`): the web demo's job view and the learning curves' training reward
+    (`open_rlhf.curves.training_reward`) read the file."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        append_metrics(args, state, logs)
+
+
 def read_metrics(output_dir: str | os.PathLike) -> list[dict]:
-    """The records of ``<output_dir>/metrics.jsonl`` (`StageProgressCallback`), in order; [] when there is none
+    """The records of ``<output_dir>/metrics.jsonl`` (`append_metrics`), in order; [] when there is none
     yet. A line still being written (no newline yet) is left for the next read."""
     path = os.path.join(output_dir, METRICS_FILE)
     try:

@@ -9,6 +9,8 @@ import torch
 from datasets import Dataset
 from transformers import LlamaForCausalLM, LlamaForSequenceClassification
 
+from open_rlhf.curves import training_reward
+from open_rlhf.progress import read_metrics
 from open_rlhf.trainers.ppo import PPOConfig, PPOTrainer
 from tests.conftest import tiny_llama_config
 
@@ -243,6 +245,10 @@ def test_ratio_save_and_logging_steps(tmp_path, tokenizer, capsys):
     assert [p.name for p in tmp_path.glob("checkpoint-*")] == ["checkpoint-2"]  # 4 is the end: save_model's job
     printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith('{"step"')]
     assert [json.loads(line)["step"] for line in printed] == [2, 4]
+    # the same logs reach metrics.jsonl, as the TRL stages write it (the web demo's job view, the curves' reward)
+    records = read_metrics(tmp_path)
+    assert [r["step"] for r in records] == [2, 4] and all(r["max_steps"] == 4 for r in records)
+    assert training_reward(tmp_path) == [(r["step"], r["objective/scores"]) for r in records]
 
 
 @pytest.mark.parametrize("field, value", [("eval_strategy", "steps"), ("optim", "adafactor"),

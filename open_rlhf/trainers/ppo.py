@@ -825,7 +825,11 @@ class PPOTrainer:
             TrainerState,
         )
 
-        callbacks = [DefaultFlowCallback, *get_reporting_integration_callbacks(self.args.report_to)]
+        from open_rlhf.progress import MetricsFileCallback
+
+        # metrics.jsonl as the TRL stages write it (the web demo's job view, the curves' training reward)
+        callbacks = [DefaultFlowCallback, MetricsFileCallback,
+                     *get_reporting_integration_callbacks(self.args.report_to)]
         self.callback_handler = CallbackHandler(callbacks, self.policy, self.tokenizer, self.optimizer,
                                                 self.lr_scheduler)
         self.state = TrainerState(is_local_process_zero=self.accelerator.is_local_main_process,
