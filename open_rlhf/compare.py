@@ -284,19 +284,19 @@ def train_control(args: CompareArguments, start: FromSFT) -> dict:
     pipeline_args = args.control_pipeline_args(start, CONTROL, str(run), " ".join(
         [args.sft_args, args.control_args, f"--curve_every {args.curve_every}" if args.curve_every else ""]))
     state = train_stages(pipeline_args, only={"sft"})
-    stage_dir = run / CONTROL / "sft"
-    metrics = cached_json(run / "compare" / f"{CONTROL}.json", lambda: start.evaluate(stage_dir), f"compare {CONTROL}")
-    drop_checkpoints(stage_dir, f"compare {CONTROL}", args.keep_checkpoints)
-    marker = json.loads((stage_dir / outputs.COMPLETE_MARKER).read_text())
+    folder = stage_dir(run, CONTROL)
+    metrics = cached_json(run / "compare" / f"{CONTROL}.json", lambda: start.evaluate(folder), f"compare {CONTROL}")
+    drop_checkpoints(folder, f"compare {CONTROL}", args.keep_checkpoints)
+    marker = json.loads((folder / outputs.COMPLETE_MARKER).read_text())
     return {"metrics": metrics, "row": control_row(CONTROL, metrics, start.sft, state["stages"].get("sft", {}), marker)}
 
 
-def drop_checkpoints(stage_dir: Path, label: str, keep: bool) -> None:
+def drop_checkpoints(folder: Path, label: str, keep: bool) -> None:
     """Delete a finished, evaluated stage's ``checkpoint-N`` folders (`outputs.remove_checkpoints`) unless ``keep``:
     only a stopped stage needs them, and a comparison or sweep of many stages would fill the disk with them."""
     if keep:
         return
-    freed = outputs.remove_checkpoints(stage_dir)
+    freed = outputs.remove_checkpoints(folder)
     if freed:
         print(f"=== {label}: its checkpoints deleted ({freed / 1e9:.1f} GB; --keep_checkpoints keeps them)", flush=True)
 
@@ -408,6 +408,12 @@ def plot_comparison(rows: list[dict], out: Path) -> Path:
     return out
 
 
+def stage_dir(run_dir: Path, name: str) -> Path:
+    """The output folder of a comparison row's stage: ``<run_dir>/<method>``, the control's ``<run_dir>/control/sft``
+    (a pipeline run of its own, `train_control`)."""
+    return run_dir / CONTROL / "sft" if name == CONTROL else run_dir / name
+
+
 def write_outputs(rows: list[dict], run_dir: Path) -> None:
     """Write ``method_comparison.csv``, ``.md`` and ``.png`` into ``run_dir`` (each atomically)."""
     buffer = io.StringIO()
@@ -420,7 +426,7 @@ def write_outputs(rows: list[dict], run_dir: Path) -> None:
     plot_comparison(rows, tmp)
     tmp.replace(run_dir / "method_comparison.png")
     # the methods trained with --curve_every, one line each
-    plot_run_curves({r["method"]: run_dir / r["method"] for r in rows}, run_dir / "learning_curves.png",
+    plot_run_curves({r["method"]: stage_dir(run_dir, r["method"]) for r in rows}, run_dir / "learning_curves.png",
                     title="Learning curves from one SFT policy")
 
 

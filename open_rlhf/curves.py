@@ -64,10 +64,14 @@ def read_curve(path: str | Path) -> list[dict]:
 
 def training_reward(output_dir: str | Path) -> list[tuple[int, float]]:
     """``(step, mean rollout reward)`` of each logging step of an RL stage, from its ``metrics.jsonl``
-    (`open_rlhf.progress.read_metrics`; the first of `TRAINING_REWARD_KEYS` it logs); [] for other stages."""
+    (`open_rlhf.progress.read_metrics`; the first of `TRAINING_REWARD_KEYS` it logs), else from the log history of
+    its ``trainer_state.json`` (our PPO trainer wrote no ``metrics.jsonl`` before 72052f7); [] for other stages."""
     from open_rlhf.progress import read_metrics
 
     records = read_metrics(output_dir)
+    state = Path(output_dir) / "trainer_state.json"
+    if not records and state.is_file():
+        records = json.loads(state.read_text()).get("log_history", [])
     key = next((k for k in TRAINING_REWARD_KEYS if any(k in r for r in records)), None)
     return [(int(r["step"]), float(r[key])) for r in records if key in r and "step" in r]
 
@@ -102,24 +106,29 @@ def plot_curves(curves: dict[str, list[dict]], out: str | Path, title: str = "le
     panels = metrics + (["training_reward"] if rewards else [])
     fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(4.2 * max(1, len(panels)), 3.4), squeeze=False)
     labels = {"accuracy": "held-out accuracy", "reward_score": "reward-model score", "kl": "KL to reference (nats)"}
+    names = list(dict.fromkeys([*curves, *rewards]))
+    palette = plt.get_cmap("tab10" if len(names) <= 10 else "tab20")
+    colors = {name: palette(i % palette.N) for i, name in enumerate(names)}  # one colour per run in every panel
     if rewards:
         ax = axes[0][len(metrics)]
         for name, points in rewards.items():
             steps, values = [s for s, _ in points], [v for _, v in points]
-            line, = ax.plot(steps, moving_mean(values, smooth), label=name)
-            ax.plot(steps, values, color=line.get_color(), alpha=0.25, linewidth=0.8)
+            ax.plot(steps, moving_mean(values, smooth), color=colors[name], label=name)
+            ax.plot(steps, values, color=colors[name], alpha=0.25, linewidth=0.8)
         ax.set_xlabel("training step")
         ax.set_ylabel(f"training reward (mean of {smooth} steps)")
         ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
     for ax, metric in zip(axes[0], metrics, strict=False):
         for name, points in curves.items():
             pts = [p for p in points if p.get(metric) is not None]
             if not pts:
                 continue
             steps = [p["step"] for p in pts]
-            ax.plot(steps, [p[metric] for p in pts], marker="o", markersize=3, label=name)
+            ax.plot(steps, [p[metric] for p in pts], marker="o", markersize=3, color=colors[name], label=name)
             if metric == "accuracy" and all("ci_low" in p for p in pts):
-                ax.fill_between(steps, [p["ci_low"] for p in pts], [p["ci_high"] for p in pts], alpha=0.15)
+                ax.fill_between(steps, [p["ci_low"] for p in pts], [p["ci_high"] for p in pts], color=colors[name],
+                                alpha=0.1)
         ax.set_xlabel("training step")
         ax.set_ylabel(labels[metric])
         ax.grid(alpha=0.3)

@@ -46,6 +46,11 @@ def test_training_reward_is_read_from_the_trainers_log_and_drawn_smoothed(tmp_pa
     assert training_reward(grpo) == [(1, 0.25), (3, 0.5)]
     assert training_reward(ppo) == [(1, -1.5)]
     assert training_reward(dpo) == [] and training_reward(tmp_path / "none") == []
+    old_ppo = tmp_path / "old_ppo"  # a PPO run from before metrics.jsonl: its trainer_state.json's log history
+    old_ppo.mkdir()
+    (old_ppo / "trainer_state.json").write_text(json.dumps({"log_history": [
+        {"step": 1, "objective/scores": 0.5}, {"step": 2, "objective/scores": 0.75}]}))
+    assert training_reward(old_ppo) == [(1, 0.5), (2, 0.75)]
     curve = {"grpo": [{"step": 0, "accuracy": 0.2, "kl": 0.0}, {"step": 3, "accuracy": 0.3, "kl": 0.1}]}
     without = plot_curves(curve, tmp_path / "a.png")
     with_reward = plot_curves(curve, tmp_path / "b.png", rewards={"grpo": training_reward(grpo)})
