@@ -378,7 +378,7 @@ def markdown_table(rows: list[dict]) -> str:
 
 
 def plot_comparison(rows: list[dict], out: Path) -> Path:
-    """Bar charts per method: accuracy (SFT as a line), RM win rate vs SFT (0.5 line), KL to SFT, train time."""
+    """Bar charts per method: accuracy with its 95% interval (SFT as a line), RM win rate vs SFT (0.5 line), KL to SFT, train time."""
     panels = [("accuracy", "held-out accuracy"), ("win_rate_vs_sft", "RM win rate vs SFT"),
               ("kl_vs_sft", "KL to SFT (nats/seq)"), ("train_seconds", "train wall time (s)"),
               ("peak_rss_mb", "peak RSS (MB)")]
@@ -388,10 +388,14 @@ def plot_comparison(rows: list[dict], out: Path) -> Path:
     fig, axes = plt.subplots(1, len(panels), figsize=(3.3 * len(panels), 3.4))
     for ax, (key, title) in zip(axes, panels, strict=True):
         values = [r[key] if r[key] is not None else 0.0 for r in methods]
-        ax.bar(names, values, color=colors)
+        error = None
+        if key == "accuracy" and all(r.get("accuracy_ci_low") is not None for r in methods):  # 95% Wilson intervals
+            error = [[v - r["accuracy_ci_low"] for v, r in zip(values, methods, strict=True)],
+                     [r["accuracy_ci_high"] - v for v, r in zip(values, methods, strict=True)]]
+        ax.bar(names, values, color=colors, yerr=error, capsize=2, error_kw={"lw": 0.8})
         for i, v in enumerate(values):
             label = f"{v:.2f}" if abs(v) < 10 else f"{v:.0f}" if abs(v) < 1000 else f"{v / 1000:.1f}k"
-            ax.text(i, v, label, ha="center", va="bottom", fontsize=7)
+            ax.text(i, v if error is None else v + error[1][i], label, ha="center", va="bottom", fontsize=7)
         if key == "accuracy":
             ax.axhline(rows[0]["accuracy"], color="black", lw=1, ls="--", label="SFT")
             ax.legend(fontsize=7)
