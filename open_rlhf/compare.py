@@ -378,7 +378,8 @@ def markdown_table(rows: list[dict]) -> str:
 
 
 def plot_comparison(rows: list[dict], out: Path) -> Path:
-    """Bar charts per method: accuracy with its 95% interval (SFT as a line), RM win rate vs SFT (0.5 line), KL to SFT, train time."""
+    """Bar charts per method: accuracy with its 95% interval (SFT as a line), RM win rate vs SFT (0.5 line), KL to
+    SFT, train time, peak memory."""
     panels = [("accuracy", "held-out accuracy"), ("win_rate_vs_sft", "RM win rate vs SFT"),
               ("kl_vs_sft", "KL to SFT (nats/seq)"), ("train_seconds", "train wall time (s)"),
               ("peak_rss_mb", "peak RSS (MB)")]
